@@ -1,0 +1,99 @@
+//! Reading JSON request bodies. Bodies are parsed into a JSON object first and fields are
+//! then taken one by one, so every problem is reported per field and no error message ever
+//! echoes a submitted value (serde's messages would, e.g. a mistyped password).
+
+use actix_web::error::JsonPayloadError;
+use actix_web::web;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::service::FieldError;
+
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(super::MAX_BODY_BYTES)
+        .content_type_required(true)
+        .content_type(|mime| {
+            mime.type_() == actix_web::mime::APPLICATION
+                && (mime.subtype() == actix_web::mime::JSON
+                    || mime.suffix() == Some(actix_web::mime::JSON))
+        })
+        .error_handler(|err, _req| {
+            let api = match &err {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => ApiError::PayloadTooLarge,
+                JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+                JsonPayloadError::Deserialize(e) if e.is_eof() => {
+                    ApiError::MalformedRequest("the JSON body is truncated")
+                }
+                JsonPayloadError::Deserialize(_) => {
+                    ApiError::MalformedRequest("the body is not valid UTF-8 JSON")
+                }
+                JsonPayloadError::Payload(_) => {
+                    ApiError::MalformedRequest("the body could not be read")
+                }
+                // JsonPayloadError is non-exhaustive; anything new is still the client's body.
+                _ => ApiError::MalformedRequest("the body could not be read"),
+            };
+            api.into()
+        })
+}
+
+/// A JSON object being taken apart into typed fields.
+pub struct Fields {
+    map: Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    pub fn new(body: Value) -> Result<Fields, ApiError> {
+        match body {
+            Value::Object(map) => Ok(Fields {
+                map,
+                errors: Vec::new(),
+            }),
+            _ => Err(ApiError::MalformedRequest("the body must be a JSON object")),
+        }
+    }
+
+    /// A required string field; records an error and returns "" when absent or mistyped.
+    pub fn string(&mut self, name: &'static str) -> String {
+        match self.map.remove(name) {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                self.errors.push(FieldError {
+                    field: name,
+                    code: "invalid_type",
+                    message: "must be a string".into(),
+                });
+                String::new()
+            }
+            None => {
+                self.errors.push(FieldError {
+                    field: name,
+                    code: "required",
+                    message: "is required".into(),
+                });
+                String::new()
+            }
+        }
+    }
+
+    /// Fails with every collected problem, plus one per unexpected field (a typo such as
+    /// `passwrd` should not pass silently).
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        for key in self.map.keys() {
+            let shown: String = key.chars().take(64).collect();
+            self.errors.push(FieldError {
+                field: "body",
+                code: "unknown_field",
+                message: format!("unknown field `{shown}`"),
+            });
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::ValidationFailed(self.errors))
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Operator endpoints: liveness and readiness.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{resource, AppState};
+
+/// Longest a readiness probe waits for the database.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/readyz").route(web::get().to(readyz)));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers and a signing key is loaded. Causes go to the log, not
+/// to the body.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database check failed");
+            "unavailable"
+        }
+        Err(_) => {
+            tracing::warn!("readiness: database check timed out");
+            "unavailable"
+        }
+    };
+    let signing_key = if state.keys.current().signer().is_some() {
+        "ok"
+    } else {
+        "missing"
+    };
+    let ready = database == "ok" && signing_key == "ok";
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": { "database": database, "signing_key": signing_key },
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,100 @@
+//! Cross-cutting HTTP behaviour: request ids, per-request spans and log lines, panic
+//! containment, and security headers on every response.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{DefaultHeaders, Next};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::error::{ApiError, REQUEST_ID};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// An incoming request id is echoed only if it is short and plain, so it cannot inject
+/// anything into logs or headers; otherwise a fresh one is made.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Wraps each request in a span with its id and logs one line when it ends. Runs before
+/// routing, so it must not hold a clone of the request (routing needs it unshared).
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let id = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
+    let started = Instant::now();
+    let mut res = REQUEST_ID
+        .scope(id.clone(), next.call(req))
+        .instrument(span.clone())
+        .await?
+        .map_into_boxed_body();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    let status = res.status().as_u16();
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(parent: &span, status, latency_us = micros, "request");
+    Ok(res)
+}
+
+/// Turns a panic in a handler into an opaque 500 (with the request id) instead of a dropped
+/// connection. Installed per resource, after routing, where holding a clone of the request
+/// is harmless.
+pub async fn contain_panics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let http_req = req.request().clone();
+    match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(res) => res.map(ServiceResponse::map_into_boxed_body),
+        Err(_) => {
+            tracing::error!("handler panicked; answered 500");
+            Ok(ServiceResponse::new(
+                http_req,
+                actix_web::ResponseError::error_response(&ApiError::Internal),
+            ))
+        }
+    }
+}
+
+/// Headers every response carries (DESIGN §7). Handlers that may be cached (JWKS,
+/// metadata) set their own `Cache-Control`, which `DefaultHeaders` leaves alone.
+pub fn security_headers(settings: &Settings) -> DefaultHeaders {
+    let mut headers = DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cross-Origin-Resource-Policy", "same-site"))
+        .add(("Cache-Control", "no-store"));
+    // TLS is terminated in front of us; an https issuer means clients reach us over TLS.
+    if settings.tokens.issuer.starts_with("https://") {
+        headers = headers.add((
+            "Strict-Transport-Security",
+            "max-age=63072000; includeSubDomains",
+        ));
+    }
+    headers
+}

@@ -1,0 +1,42 @@
+//! `POST /v1/users`: registration.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::body::Fields;
+use super::extract::peer_ip;
+use super::{resource, AppState};
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/users").route(web::post().to(register)));
+}
+
+async fn register(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let mut fields = Fields::new(body.into_inner())?;
+    let email = fields.string("email");
+    let password = zeroize::Zeroizing::new(fields.string("password"));
+    fields.finish()?;
+    let account = state
+        .accounts
+        .register(&email, &password, peer_ip(&req))
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/v1/users/{}", account.id)))
+        .json(json!({
+            "id": account.id,
+            "email": account.email.as_str(),
+            "created_at": rfc3339(account.created_at),
+        })))
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339(t: i64) -> String {
+    let secs = u64::try_from(t).unwrap_or(0);
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}

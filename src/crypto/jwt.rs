@@ -1,0 +1,314 @@
+//! Access tokens as JWS (RFC 9068 profile): signing with a key parsed once, and verification
+//! exactly as a careful sibling service would do it (DESIGN §8.1).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{KeyAlg, KeyMaterial};
+
+/// The `typ` header of access tokens (RFC 9068 §2.1); it keeps an ID token or any other JWT
+/// signed by the same key from being accepted as an access token.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Claims of a Tessera access token (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("signing failed: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Why a token was refused. Callers answer every variant with the same 401; the variant is
+/// for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token type is not at+jwt")]
+    WrongType,
+    #[error("token names no published key")]
+    UnknownKey,
+    #[error("token algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("token carries critical header extensions")]
+    CriticalHeader,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+}
+
+/// A private key ready to sign: parsed once at load, reused for every token.
+pub struct Signer {
+    kid: String,
+    alg: KeyAlg,
+    key: EncodingKey,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signer({}, {})", self.kid, self.alg)
+    }
+}
+
+impl Signer {
+    /// Builds a signer and signs a probe token with it: `EncodingKey::from_*_der` does not
+    /// validate the key, so a bad key would otherwise fail at the first login.
+    pub fn new(kid: &str, material: &KeyMaterial) -> Result<Signer, SignError> {
+        let key = match material.alg {
+            KeyAlg::Es256 => EncodingKey::from_ec_der(&material.private_pkcs8),
+            KeyAlg::EdDsa => EncodingKey::from_ed_der(&material.private_pkcs8),
+        };
+        let signer = Signer {
+            kid: kid.to_owned(),
+            alg: material.alg,
+            key,
+        };
+        let probe = serde_json::json!({"probe": true});
+        jsonwebtoken::encode(&signer.header(), &probe, &signer.key)?;
+        Ok(signer)
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> KeyAlg {
+        self.alg
+    }
+
+    fn header(&self) -> Header {
+        let mut header = Header::new(self.alg.jwt_algorithm());
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(self.kid.clone());
+        header
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, SignError> {
+        Ok(jsonwebtoken::encode(&self.header(), claims, &self.key)?)
+    }
+}
+
+/// A published public key.
+pub struct VerifyingKey {
+    alg: KeyAlg,
+    key: DecodingKey,
+}
+
+impl VerifyingKey {
+    /// `public` is the raw key (65-byte SEC1 point, or 32-byte Ed25519), not SPKI.
+    pub fn new(alg: KeyAlg, public: &[u8]) -> VerifyingKey {
+        let key = match alg {
+            KeyAlg::Es256 => DecodingKey::from_ec_der(public),
+            KeyAlg::EdDsa => DecodingKey::from_ed_der(public),
+        };
+        VerifyingKey { alg, key }
+    }
+}
+
+/// Verifies access tokens against a fixed set of published keys.
+pub struct Verifier {
+    keys: HashMap<String, VerifyingKey>,
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+}
+
+impl Verifier {
+    pub fn new(
+        keys: HashMap<String, VerifyingKey>,
+        issuer: &str,
+        audience: &str,
+        leeway: Duration,
+    ) -> Verifier {
+        Verifier {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        // An unknown `alg` (including "none") fails here, before any key is chosen.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let typ_ok = header
+            .typ
+            .as_deref()
+            .map(|t| {
+                t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
+                    || t.eq_ignore_ascii_case("application/at+jwt")
+            })
+            .unwrap_or(false);
+        if !typ_ok {
+            return Err(TokenError::WrongType);
+        }
+        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` means reject.
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
+        // The key decides the algorithm; a header naming another one (e.g. HS256 with the
+        // public key as HMAC secret) is refused before any signature check.
+        if header.alg != key.alg.jwt_algorithm() {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        let mut validation = Validation::new(key.alg.jwt_algorithm());
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidAlgorithm => TokenError::AlgorithmMismatch,
+                _ => TokenError::Malformed,
+            },
+        )?;
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crypto::b64url;
+
+    fn claims(now: i64) -> AccessClaims {
+        AccessClaims {
+            iss: "https://id.example".into(),
+            sub: "user-1".into(),
+            aud: "api".into(),
+            exp: now + 900,
+            iat: now,
+            nbf: now,
+            jti: "j1".into(),
+            roles: vec!["admin".into()],
+            scope: None,
+        }
+    }
+
+    fn setup(alg: KeyAlg) -> (Signer, Verifier) {
+        let m = KeyMaterial::generate(alg).unwrap();
+        let signer = Signer::new("k1", &m).unwrap();
+        let mut keys = HashMap::new();
+        keys.insert("k1".to_owned(), VerifyingKey::new(alg, &m.public));
+        (
+            signer,
+            Verifier::new(keys, "https://id.example", "api", Duration::from_secs(30)),
+        )
+    }
+
+    #[test]
+    fn signed_tokens_verify_for_every_algorithm() {
+        let now = crate::domain::now();
+        for alg in KeyAlg::ALL {
+            let (signer, verifier) = setup(alg);
+            let token = signer.sign(&claims(now)).unwrap();
+            assert_eq!(verifier.verify(&token).unwrap(), claims(now));
+        }
+    }
+
+    #[test]
+    fn expired_future_foreign_and_tampered_tokens_are_refused() {
+        let now = crate::domain::now();
+        let (signer, verifier) = setup(KeyAlg::Es256);
+        let mut c = claims(now);
+        c.exp = now - 120;
+        assert_eq!(
+            verifier.verify(&signer.sign(&c).unwrap()),
+            Err(TokenError::Expired)
+        );
+        let mut c = claims(now);
+        c.nbf = now + 600;
+        assert_eq!(
+            verifier.verify(&signer.sign(&c).unwrap()),
+            Err(TokenError::NotYetValid)
+        );
+        let mut c = claims(now);
+        c.iss = "https://evil.example".into();
+        assert_eq!(
+            verifier.verify(&signer.sign(&c).unwrap()),
+            Err(TokenError::WrongIssuer)
+        );
+        let mut c = claims(now);
+        c.aud = "other".into();
+        assert_eq!(
+            verifier.verify(&signer.sign(&c).unwrap()),
+            Err(TokenError::WrongAudience)
+        );
+
+        let token = signer.sign(&claims(now)).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut payload = claims(now);
+        payload.roles = vec!["root".into()];
+        parts[1] = b64url(&serde_json::to_vec(&payload).unwrap());
+        assert_eq!(
+            verifier.verify(&parts.join(".")),
+            Err(TokenError::BadSignature)
+        );
+
+        // The same kid, but a key of the other algorithm.
+        let (ed_signer, _) = setup(KeyAlg::EdDsa);
+        let forged = ed_signer.sign(&claims(now)).unwrap();
+        assert_eq!(verifier.verify(&forged), Err(TokenError::AlgorithmMismatch));
+    }
+
+    #[test]
+    fn alg_none_and_missing_typ_are_refused() {
+        let now = crate::domain::now();
+        let (_, verifier) = setup(KeyAlg::Es256);
+        let body = b64url(&serde_json::to_vec(&claims(now)).unwrap());
+        let none = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none","typ":"at+jwt","kid":"k1"}"#),
+            body
+        );
+        assert_eq!(verifier.verify(&none), Err(TokenError::Malformed));
+        let plain_jwt = format!(
+            "{}.{}.AAAA",
+            b64url(br#"{"alg":"ES256","typ":"JWT","kid":"k1"}"#),
+            body
+        );
+        assert_eq!(verifier.verify(&plain_jwt), Err(TokenError::WrongType));
+        let crit = format!(
+            "{}.{}.AAAA",
+            b64url(br#"{"alg":"ES256","typ":"at+jwt","kid":"k1","crit":["exp"]}"#),
+            body
+        );
+        assert_eq!(verifier.verify(&crit), Err(TokenError::CriticalHeader));
+        assert_eq!(verifier.verify("garbage"), Err(TokenError::Malformed));
+    }
+}

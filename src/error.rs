@@ -1,0 +1,208 @@
+//! The HTTP error table: every error a `/v1` client can see, with its status, stable `code`
+//! and title, rendered as `application/problem+json` (RFC 9457). Bodies never carry a stack
+//! trace, SQL, a path, or whether an account exists; a 500 carries only the request id,
+//! while the cause goes to the log where the error is converted.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::service::{AccountError, FieldError};
+
+tokio::task_local! {
+    /// The current request's id, set by the request middleware for everything it awaits.
+    pub static REQUEST_ID: String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    ValidationFailed(Vec<FieldError>),
+    #[error("malformed request: {0}")]
+    MalformedRequest(&'static str),
+    #[error("e-mail taken")]
+    EmailTaken,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid bearer token")]
+    InvalidToken,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("overloaded")]
+    Overloaded,
+    #[error("unavailable")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+/// Seconds a client should wait after a 503 before retrying.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl ApiError {
+    /// The table: status, stable machine-readable code, human title. Exhaustive on purpose:
+    /// a new variant forces a decision here.
+    fn spec(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::ValidationFailed(_) => (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                "The request has invalid fields",
+            ),
+            ApiError::MalformedRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                "The request body could not be read",
+            ),
+            ApiError::EmailTaken => (
+                StatusCode::CONFLICT,
+                "email_taken",
+                "This e-mail address is already registered",
+            ),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "E-mail or password is incorrect",
+            ),
+            ApiError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "A bearer access token is required",
+            ),
+            ApiError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "The access token is invalid, expired or revoked",
+            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed on this resource",
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body exceeds 64 KiB",
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "The request body must be application/json",
+            ),
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The service is busy; retry shortly",
+            ),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "A dependency is unavailable; retry shortly",
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal error",
+            ),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MalformedRequest(why) => (*why).to_owned(),
+            ApiError::ValidationFailed(_) => "See `errors` for each invalid field.".into(),
+            ApiError::Internal => "Quote the request id when reporting this.".into(),
+            other => other.spec().2.to_owned(),
+        }
+    }
+
+    /// Renders the problem document; `request_id` is added when known.
+    pub fn to_response(&self, request_id: Option<&str>) -> HttpResponse {
+        let (status, code, title) = self.spec();
+        let mut body = json!({
+            "type": format!("urn:tessera:problem:{code}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": self.detail(),
+            "code": code,
+        });
+        if let ApiError::ValidationFailed(fields) = self {
+            body["errors"] = fields
+                .iter()
+                .map(|f| json!({"field": f.field, "code": f.code, "message": f.message}))
+                .collect();
+        }
+        if let Some(id) = request_id {
+            body["request_id"] = json!(id);
+        }
+        let mut res = HttpResponse::build(status);
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        match self {
+            // RFC 6750 §3: a missing token gets a bare challenge, a bad one names the error.
+            ApiError::MissingToken => {
+                res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            ApiError::InvalidToken => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                ));
+            }
+            ApiError::Overloaded | ApiError::Unavailable => {
+                res.insert_header((
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                ));
+            }
+            _ => {}
+        }
+        res.body(body.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.spec().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let id = REQUEST_ID.try_with(Clone::clone).ok();
+        self.to_response(id.as_deref())
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Invalid(fields) => ApiError::ValidationFailed(fields),
+            AccountError::EmailTaken => ApiError::EmailTaken,
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::TokenRevoked => ApiError::InvalidToken,
+            AccountError::Overloaded => {
+                tracing::warn!("password hashing queue full: request shed");
+                ApiError::Overloaded
+            }
+            AccountError::Unavailable(cause) => {
+                tracing::error!(%cause, "dependency unavailable");
+                ApiError::Unavailable
+            }
+            AccountError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                ApiError::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Registration, login and the caller's profile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crypto::jwt::AccessClaims;
+use crate::crypto::password::{HashError, Hasher};
+use crate::domain::{
+    now, Email, EmailError, Password, PasswordPolicy, PasswordProblem, Role, UnixTime,
+};
+use crate::store::audit::{self, AuditEvent, AuditKind};
+use crate::store::users::{self, UserRecord};
+use crate::store::{Db, StoreError};
+
+use super::keyring::KeyRing;
+
+/// One invalid field, as reported to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Errors of the account use-cases. `InvalidCredentials` is deliberately one variant for
+/// unknown e-mail, wrong password and disabled account (DESIGN §8.2).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("e-mail already registered")]
+    EmailTaken,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("token no longer valid")]
+    TokenRevoked,
+    #[error("password hashing is saturated")]
+    Overloaded,
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => AccountError::Unavailable(m),
+            StoreError::Conflict
+            | StoreError::NotFound
+            | StoreError::Query(_)
+            | StoreError::Migration(_) => AccountError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<HashError> for AccountError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded => AccountError::Overloaded,
+            HashError::Stopped
+            | HashError::Params(_)
+            | HashError::BadStoredHash
+            | HashError::Random => AccountError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub id: String,
+    pub email: Email,
+    pub created_at: UnixTime,
+}
+
+/// An issued access token (refresh tokens arrive with sessions).
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub id: String,
+    pub email: Email,
+    pub roles: Vec<String>,
+    pub created_at: UnixTime,
+}
+
+/// Token settings the use-cases need.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    db: Db,
+    hasher: Hasher,
+    keys: Arc<KeyRing>,
+    policy: PasswordPolicy,
+    tokens: TokenPolicy,
+}
+
+impl Accounts {
+    pub fn new(
+        db: Db,
+        hasher: Hasher,
+        keys: Arc<KeyRing>,
+        policy: PasswordPolicy,
+        tokens: TokenPolicy,
+    ) -> Accounts {
+        Accounts {
+            db,
+            hasher,
+            keys,
+            policy,
+            tokens,
+        }
+    }
+
+    /// Registers an account. Both fields are checked before anything is reported, so the
+    /// client sees every problem at once.
+    #[tracing::instrument(skip_all)]
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        ip: Option<String>,
+    ) -> Result<NewAccount, AccountError> {
+        let mut errors = Vec::new();
+        let email = match Email::parse(email) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                errors.push(FieldError {
+                    field: "email",
+                    code: email_code(&e),
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
+        let password = match self.policy.check(password, email.as_ref()) {
+            Ok(p) => Some(p),
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| FieldError {
+                    field: "password",
+                    code: password_code(&p),
+                    message: p.to_string(),
+                }));
+                None
+            }
+        };
+        let (Some(email), Some(password)) = (email, password) else {
+            return Err(AccountError::Invalid(errors));
+        };
+        let hash = self.hasher.hash(password.expose()).await?;
+        let t = now();
+        let user = UserRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: email.clone(),
+            password_hash: hash,
+            disabled: false,
+            created_at: t,
+            tokens_valid_after: None,
+        };
+        let event = AuditEvent {
+            kind: AuditKind::UserRegistered,
+            at: t,
+            actor: Some(user.id.clone()),
+            subject: Some(user.id.clone()),
+            ip,
+            detail: None,
+        };
+        let record = user.clone();
+        // The unique index on the normalised e-mail decides races: of fifty concurrent
+        // registrations of one address exactly one insert commits.
+        self.db
+            .transaction(move |c| {
+                users::insert(c, &record)?;
+                audit::record(c, &event)
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => AccountError::EmailTaken,
+                other => other.into(),
+            })?;
+        tracing::info!(user_id = %user.id, "user registered");
+        Ok(NewAccount {
+            id: user.id,
+            email,
+            created_at: t,
+        })
+    }
+
+    /// Logs in with e-mail and password and issues an access token.
+    #[tracing::instrument(skip_all)]
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        ip: Option<String>,
+    ) -> Result<TokenGrant, AccountError> {
+        let password = Password::normalize(password);
+        // A string that is not an address cannot name an account: it takes the same path as
+        // an unknown one, including the dummy hash.
+        let user = match Email::parse(email) {
+            Ok(email) => {
+                self.db
+                    .run(move |c| users::find_by_email(c, &email))
+                    .await?
+            }
+            Err(_) => None,
+        };
+        let verified = self
+            .hasher
+            .verify(
+                password.expose(),
+                user.as_ref().map(|u| u.password_hash.as_str()),
+            )
+            .await;
+        let verified = match verified {
+            Ok(v) => v,
+            Err(HashError::BadStoredHash) => {
+                tracing::error!(user_id = ?user.as_ref().map(|u| &u.id), "stored password hash is unreadable");
+                return Err(self.fail_login(user.as_ref(), ip).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let user = match user {
+            Some(u) if verified.matches && !u.disabled => u,
+            other => return Err(self.fail_login(other.as_ref(), ip).await),
+        };
+        if verified.needs_rehash {
+            self.rehash(&user.id, &password).await;
+        }
+        let user_id = user.id.clone();
+        let roles = self.db.run(move |c| users::roles(c, &user_id)).await?;
+        let grant = self.issue(&user.id, roles)?;
+        let event = AuditEvent {
+            kind: AuditKind::LoginSucceeded,
+            at: now(),
+            actor: Some(user.id.clone()),
+            subject: Some(user.id.clone()),
+            ip,
+            detail: None,
+        };
+        self.db.run(move |c| audit::record(c, &event)).await?;
+        tracing::info!(user_id = %user.id, "login succeeded");
+        Ok(grant)
+    }
+
+    async fn fail_login(&self, user: Option<&UserRecord>, ip: Option<String>) -> AccountError {
+        let subject = user.map(|u| u.id.clone());
+        let event = AuditEvent {
+            kind: AuditKind::LoginFailed,
+            at: now(),
+            actor: None,
+            subject: subject.clone(),
+            ip,
+            detail: None,
+        };
+        if let Err(e) = self.db.run(move |c| audit::record(c, &event)).await {
+            tracing::error!(error = %e, "could not record a failed login");
+        }
+        tracing::info!(user_id = ?subject, "login failed");
+        AccountError::InvalidCredentials
+    }
+
+    /// Stores a hash with the current parameters; a failure only costs another try later.
+    async fn rehash(&self, user_id: &str, password: &Password) {
+        match self.hasher.hash(password.expose()).await {
+            Ok(hash) => {
+                let id = user_id.to_owned();
+                if let Err(e) = self
+                    .db
+                    .run(move |c| users::set_password_hash(c, &id, &hash, now()))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not store the rehashed password");
+                } else {
+                    tracing::info!(user_id = %user_id, "password rehashed with current parameters");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not rehash the password"),
+        }
+    }
+
+    fn issue(&self, subject: &str, roles: Vec<String>) -> Result<TokenGrant, AccountError> {
+        let keys = self.keys.current();
+        let signer = keys
+            .signer()
+            .ok_or_else(|| AccountError::Unavailable("no active signing key".into()))?;
+        let t = now();
+        let ttl = self.tokens.access_ttl.as_secs();
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.tokens.audience.clone(),
+            exp: t + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
+            iat: t,
+            nbf: t,
+            jti: uuid::Uuid::new_v4().to_string(),
+            roles,
+            scope: None,
+        };
+        let access_token = signer
+            .sign(&claims)
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
+        Ok(TokenGrant {
+            access_token,
+            expires_in: ttl,
+        })
+    }
+
+    /// The caller's profile. This is an online check: a token of a user that is gone,
+    /// disabled or marked "tokens before T invalid" is refused even though it verifies.
+    pub async fn profile(&self, claims: &AccessClaims) -> Result<Profile, AccountError> {
+        let id = claims.sub.clone();
+        let found = self
+            .db
+            .run(move |c| {
+                let Some(user) = users::find(c, &id)? else {
+                    return Ok(None);
+                };
+                let roles = users::roles(c, &id)?;
+                Ok(Some((user, roles)))
+            })
+            .await?;
+        let Some((user, roles)) = found else {
+            return Err(AccountError::TokenRevoked);
+        };
+        if user.disabled || user.tokens_valid_after.is_some_and(|t| claims.iat < t) {
+            return Err(AccountError::TokenRevoked);
+        }
+        Ok(Profile {
+            id: user.id,
+            email: user.email,
+            roles,
+            created_at: user.created_at,
+        })
+    }
+}
+
+/// Grants a role by e-mail (CLI, before any admin exists). Returns false when the user
+/// already had it.
+pub async fn grant_role(
+    db: &Db,
+    email: &str,
+    role: &str,
+    actor: &str,
+) -> Result<bool, AccountError> {
+    let email = Email::parse(email).map_err(|e| {
+        AccountError::Invalid(vec![FieldError {
+            field: "email",
+            code: email_code(&e),
+            message: e.to_string(),
+        }])
+    })?;
+    let role = Role::parse(role).map_err(|e| {
+        AccountError::Invalid(vec![FieldError {
+            field: "role",
+            code: "invalid",
+            message: e.to_string(),
+        }])
+    })?;
+    let actor = actor.to_owned();
+    db.transaction(move |c| {
+        let user = users::find_by_email(c, &email)?.ok_or(StoreError::NotFound)?;
+        let t = now();
+        let granted = users::grant_role(c, &user.id, &role, t)?;
+        if granted {
+            audit::record(
+                c,
+                &AuditEvent {
+                    kind: AuditKind::RoleGranted,
+                    at: t,
+                    actor: Some(actor),
+                    subject: Some(user.id.clone()),
+                    ip: None,
+                    detail: Some(role.to_string()),
+                },
+            )?;
+        }
+        Ok(granted)
+    })
+    .await
+    .map_err(|e| match e {
+        StoreError::NotFound => AccountError::Invalid(vec![FieldError {
+            field: "email",
+            code: "not_found",
+            message: "no account has this e-mail".into(),
+        }]),
+        other => other.into(),
+    })
+}
+
+fn email_code(e: &EmailError) -> &'static str {
+    match e {
+        EmailError::Empty => "required",
+        EmailError::TooLong => "too_long",
+        EmailError::Malformed | EmailError::BadDomain => "invalid",
+    }
+}
+
+fn password_code(p: &PasswordProblem) -> &'static str {
+    match p {
+        PasswordProblem::TooShort(_) => "too_short",
+        PasswordProblem::TooLong => "too_long",
+        PasswordProblem::TooWeak => "too_weak",
+        PasswordProblem::ContainsEmail => "contains_email",
+    }
+}

@@ -1,0 +1,193 @@
+//! Building the application: one builder for the binary and the tests.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::HttpServer;
+use secrecy::ExposeSecret;
+
+use crate::api::{self, AppState};
+use crate::config::{Profile, Settings};
+use crate::crypto::keys::KeyAlg;
+use crate::crypto::password::{HashParams, Hasher};
+use crate::crypto::seal::Kek;
+use crate::domain::PasswordPolicy;
+use crate::service::accounts::TokenPolicy;
+use crate::service::keyring::KeyRingSettings;
+use crate::service::{Accounts, KeyRing, KeyRingError};
+use crate::store::{self, Db, StoreError};
+
+/// Why the service could not start; each names what to fix and never prints a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("KEK: {0}")]
+    Kek(String),
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyRingError),
+    #[error("password hashing: {0}")]
+    Hashing(String),
+    #[error("cannot listen: {0}")]
+    Bind(std::io::Error),
+}
+
+/// Resolves the key-encryption key: `keys.kek`, `keys.kek_file`, or (development only) a
+/// generated one under `keys.dev_kek_path`.
+pub fn load_kek(settings: &Settings) -> Result<Kek, StartupError> {
+    if let Some(kek) = &settings.keys.kek {
+        return Kek::from_base64(kek.expose_secret())
+            .map_err(|e| StartupError::Kek(format!("keys.kek: {e}")));
+    }
+    if let Some(path) = &settings.keys.kek_file {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                StartupError::Kek(format!("keys.kek_file {}: {e}", path.display()))
+            })?);
+        return Kek::from_base64(&text)
+            .map_err(|e| StartupError::Kek(format!("keys.kek_file {}: {e}", path.display())));
+    }
+    if settings.profile == Profile::Production {
+        return Err(StartupError::Kek(
+            "keys.kek or keys.kek_file is required in production".into(),
+        ));
+    }
+    dev_kek(&settings.keys.dev_kek_path)
+}
+
+fn dev_kek(path: &Path) -> Result<Kek, StartupError> {
+    let err =
+        |e: std::io::Error| StartupError::Kek(format!("development KEK {}: {e}", path.display()));
+    if !path.exists() {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let text = Kek::generate_base64().map_err(|e| StartupError::Kek(e.to_string()))?;
+        let mut file = open_private(path).map_err(err)?;
+        file.write_all(text.as_bytes()).map_err(err)?;
+        tracing::warn!(
+            path = %path.display(),
+            "GENERATED A DEVELOPMENT KEK next to the data it protects: signing keys are only as safe as this file. \
+             Set keys.kek or keys.kek_file (and profile = \"production\") for any real deployment."
+        );
+    } else {
+        tracing::warn!(path = %path.display(), "using the development KEK; set keys.kek or keys.kek_file for any real deployment");
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(err)?);
+    Kek::from_base64(&text)
+        .map_err(|e| StartupError::Kek(format!("development KEK {}: {e}", path.display())))
+}
+
+/// Creates a file only its owner can read.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Builds everything a process shares: database pool (after migrations, if configured),
+/// hashing pool, key ring and use-cases.
+pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
+    let kek = Arc::new(load_kek(&settings)?);
+    if settings.database.migrate_on_start {
+        let url = settings.database.url.clone();
+        let applied = tokio::task::spawn_blocking(move || store::migrate(&url))
+            .await
+            .map_err(|e| StartupError::Database(StoreError::Migration(e.to_string())))??;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied database migrations");
+        }
+    }
+    let db_settings = settings.database.clone();
+    let db = tokio::task::spawn_blocking(move || Db::connect(&db_settings))
+        .await
+        .map_err(|e| StartupError::Database(StoreError::Unavailable(e.to_string())))??;
+    let hasher = Hasher::start(
+        HashParams {
+            memory_kib: settings.password.memory_kib,
+            iterations: settings.password.iterations,
+            parallelism: settings.password.parallelism,
+        },
+        settings.pepper(),
+        settings.hash_threads(),
+        settings.password.queue,
+    )
+    .map_err(|e| StartupError::Hashing(e.to_string()))?;
+    let algorithm = KeyAlg::parse(&settings.keys.algorithm)
+        .map_err(|e| StartupError::Keys(KeyRingError::Generate(e.to_string())))?;
+    let keys = KeyRing::load_or_init(
+        db.clone(),
+        kek,
+        KeyRingSettings {
+            algorithm,
+            issuer: settings.tokens.issuer.clone(),
+            audience: settings.tokens.audience.clone(),
+            leeway: settings.tokens.leeway,
+        },
+    )
+    .await?;
+    let accounts = Accounts::new(
+        db.clone(),
+        hasher,
+        Arc::clone(&keys),
+        PasswordPolicy {
+            min_chars: settings.password.min_length,
+            min_strength: settings.password.min_strength,
+        },
+        TokenPolicy {
+            issuer: settings.tokens.issuer.clone(),
+            audience: settings.tokens.audience.clone(),
+            access_ttl: settings.tokens.access_ttl,
+        },
+    );
+    Ok(AppState {
+        accounts,
+        keys,
+        db,
+        settings: Arc::new(settings),
+    })
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Builds the state and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let bind = (settings.server.bind.clone(), settings.server.port);
+        let workers = settings.http_workers();
+        let state = build_state(settings).await?;
+        let server = HttpServer::new(move || api::app(state.clone()))
+            .workers(workers)
+            .bind(bind)
+            .map_err(StartupError::Bind)?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| StartupError::Bind(std::io::Error::other("no address bound")))?;
+        let server = server.run();
+        Ok(Application { server, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains connections.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, "listening");
+        self.server.await
+    }
+}

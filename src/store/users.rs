@@ -1,0 +1,154 @@
+//! Users and their roles.
+
+use diesel::prelude::*;
+
+use super::schema::{user_roles, users};
+use super::{db_error, DbConnection, StoreError};
+use crate::domain::{Email, Role, UnixTime};
+
+/// A stored account. The password hash is a PHC string; it never leaves the service layer.
+#[derive(Clone)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: Email,
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: UnixTime,
+    pub tokens_valid_after: Option<UnixTime>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Queryable)]
+struct UserRow {
+    id: String,
+    email: String,
+    password_hash: String,
+    disabled: bool,
+    created_at: i64,
+    #[allow(dead_code)]
+    updated_at: i64,
+    tokens_valid_after: Option<i64>,
+}
+
+impl From<UserRow> for UserRecord {
+    fn from(r: UserRow) -> Self {
+        UserRecord {
+            id: r.id,
+            email: Email::from_trusted(r.email),
+            password_hash: r.password_hash,
+            disabled: r.disabled,
+            created_at: r.created_at,
+            tokens_valid_after: r.tokens_valid_after,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = users)]
+struct NewUserRow<'a> {
+    id: &'a str,
+    email: &'a str,
+    password_hash: &'a str,
+    disabled: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// Inserts a user; `Conflict` when the normalised e-mail is taken.
+pub fn insert(conn: &mut DbConnection, user: &UserRecord) -> Result<(), StoreError> {
+    diesel::insert_into(users::table)
+        .values(NewUserRow {
+            id: &user.id,
+            email: user.email.as_str(),
+            password_hash: &user.password_hash,
+            disabled: user.disabled,
+            created_at: user.created_at,
+            updated_at: user.created_at,
+        })
+        .execute(conn)
+        .map_err(db_error)?;
+    Ok(())
+}
+
+pub fn find_by_email(
+    conn: &mut DbConnection,
+    email: &Email,
+) -> Result<Option<UserRecord>, StoreError> {
+    users::table
+        .filter(users::email.eq(email.as_str()))
+        .first::<UserRow>(conn)
+        .optional()
+        .map(|r| r.map(UserRecord::from))
+        .map_err(db_error)
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<UserRecord>, StoreError> {
+    users::table
+        .find(id)
+        .first::<UserRow>(conn)
+        .optional()
+        .map(|r| r.map(UserRecord::from))
+        .map_err(db_error)
+}
+
+pub fn count(conn: &mut DbConnection) -> Result<i64, StoreError> {
+    users::table.count().get_result(conn).map_err(db_error)
+}
+
+/// Replaces the stored hash (rehash on login after a parameter change).
+pub fn set_password_hash(
+    conn: &mut DbConnection,
+    id: &str,
+    hash: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let n = diesel::update(users::table.find(id))
+        .set((users::password_hash.eq(hash), users::updated_at.eq(now)))
+        .execute(conn)
+        .map_err(db_error)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
+/// The user's roles, sorted.
+pub fn roles(conn: &mut DbConnection, user_id: &str) -> Result<Vec<String>, StoreError> {
+    user_roles::table
+        .filter(user_roles::user_id.eq(user_id))
+        .select(user_roles::role)
+        .order(user_roles::role.asc())
+        .load::<String>(conn)
+        .map_err(db_error)
+}
+
+/// Grants a role; returns false when the user already had it.
+pub fn grant_role(
+    conn: &mut DbConnection,
+    user_id: &str,
+    role: &Role,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
+    let inserted = diesel::insert_into(user_roles::table)
+        .values((
+            user_roles::user_id.eq(user_id),
+            user_roles::role.eq(role.as_str()),
+            user_roles::granted_at.eq(now),
+        ))
+        .execute(conn)
+        .map_err(db_error);
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
