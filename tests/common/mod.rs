@@ -1,0 +1,299 @@
+//! Test harness: one fresh database per test (a SQLite file in a temp dir, or a PostgreSQL
+//! database created for the test and dropped after it), the real application built in
+//! process, and small HTTP helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::http::StatusCode;
+use actix_web::test;
+use diesel::{Connection, RunQueryDsl};
+use secrecy::SecretString;
+use serde_json::Value;
+use tessera::api::AppState;
+use tessera::config::Settings;
+use tessera::crypto::seal::Kek;
+
+/// Where the tests find PostgreSQL (trust auth on this machine and in CI).
+pub fn pg_admin_url() -> String {
+    std::env::var("TESSERA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Every backend the tests must cover. PostgreSQL may be skipped, loudly, outside CI only.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    match diesel::pg::PgConnection::establish(&pg_admin_url()) {
+        Ok(_) => all.push(Backend::Postgres),
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "PostgreSQL is required in CI but unreachable at {}: {e}",
+                    pg_admin_url()
+                );
+            }
+            eprintln!("\n!!!!!!!! SKIPPED: PostgreSQL unreachable at {} ({e}); PostgreSQL half of this test did not run !!!!!!!!\n", pg_admin_url());
+        }
+    }
+    all
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+                TestDb {
+                    url,
+                    dir,
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("tessera_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = diesel::pg::PgConnection::establish(&pg_admin_url()).unwrap();
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .unwrap();
+                let mut url = url::Url::parse(&pg_admin_url()).unwrap();
+                url.set_path(&name);
+                TestDb {
+                    url: url.to_string(),
+                    dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut admin) = diesel::pg::PgConnection::establish(&pg_admin_url()) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin);
+            }
+        }
+    }
+}
+
+/// Settings for a test: cheap Argon2 (debug builds are slow), a fixed KEK, a test issuer.
+pub fn settings(db: &TestDb, kek: &str) -> Settings {
+    let mut s = Settings::default();
+    s.database.url = db.url.clone();
+    s.database.pool_size = 8;
+    s.keys.kek = Some(SecretString::from(kek.to_owned()));
+    s.keys.dev_kek_path = db.dir.path().join("dev-kek");
+    s.tokens.issuer = "https://id.tessera.test".into();
+    s.password.memory_kib = 256;
+    s.password.iterations = 1;
+    s.password.threads = 2;
+    s.password.queue = 256;
+    s
+}
+
+pub fn new_kek() -> String {
+    Kek::generate_base64().unwrap().to_string()
+}
+
+/// A running in-process application on a fresh database.
+pub struct Ctx {
+    pub backend: Backend,
+    pub db: TestDb,
+    pub kek: String,
+    pub state: AppState,
+}
+
+impl Ctx {
+    pub async fn new(backend: Backend) -> Ctx {
+        let db = TestDb::new(backend);
+        let kek = new_kek();
+        let state = tessera::startup::build_state(settings(&db, &kek))
+            .await
+            .unwrap();
+        Ctx {
+            backend,
+            db,
+            kek,
+            state,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        settings(&self.db, &self.kek)
+    }
+
+    pub async fn count_users(&self) -> i64 {
+        self.state
+            .db
+            .run(tessera::store::users::count)
+            .await
+            .unwrap()
+    }
+
+    /// Runs raw SQL (identical on both backends) for setting up states the API cannot reach yet.
+    pub async fn exec(&self, sql: &str) {
+        let sql = sql.to_owned();
+        self.state
+            .db
+            .run(move |c| {
+                diesel::sql_query(sql)
+                    .execute(c)
+                    .map_err(|e| tessera::store::StoreError::Query(e.to_string()))
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// A response taken apart.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status);
+        assert!(
+            body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+            "{body}"
+        );
+        body
+    }
+}
+
+pub async fn send<S, B>(app: &S, req: test::TestRequest) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = test::call_service(app, req.to_request()).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = test::read_body(res).await.to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn post_json(path: &str, body: &Value) -> test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(body.to_string())
+}
+
+pub fn get(path: &str) -> test::TestRequest {
+    test::TestRequest::get().uri(path)
+}
+
+pub fn bearer(path: &str, token: &str) -> test::TestRequest {
+    test::TestRequest::get()
+        .uri(path)
+        .insert_header(("authorization", format!("Bearer {token}")))
+}
+
+pub const PASSWORD: &str = "correct horse battery staple 42";
+
+/// Registers and logs in; returns (user id, access token).
+pub async fn register_and_login<S, B>(app: &S, email: &str) -> (String, String)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = send(
+        app,
+        post_json(
+            "/v1/users",
+            &serde_json::json!({"email": email, "password": PASSWORD}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let token = login(app, email, PASSWORD).await;
+    (id, token)
+}
+
+pub async fn login<S, B>(app: &S, email: &str, password: &str) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = send(
+        app,
+        post_json(
+            "/v1/login",
+            &serde_json::json!({"email": email, "password": password}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Polls `cond` until it holds or `limit` passes; a condition, not a sleep.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
