@@ -1,0 +1,42 @@
+# Tessera — the commands README.md promises. Run `make help` for the list.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: help run test venv lint audit bench clean
+
+help:
+	@echo "make run    - run the service on the embedded default (SQLite, generated dev KEK under ./data/)"
+	@echo "make test   - set up the Python verifier venv, then run the whole test suite"
+	@echo "make lint   - cargo fmt --check, clippy -D warnings, offline RustSec audit of Cargo.lock"
+	@echo "make bench  - release build, then Argon2 / login / RSS / start-up figures"
+
+run:
+	$(CARGO) run --bin tessera -- serve
+
+# The black-box test verifies tokens with PyJWT; the venv is its only non-Rust dependency.
+$(PY): tests/blackbox/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/blackbox/requirements.txt
+	@touch $(PY)
+
+venv: $(PY)
+
+test: venv
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(MAKE) audit
+
+audit:
+	python3 ../shared/tools/lock-audit Cargo.lock
+
+bench:
+	bash benches/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
