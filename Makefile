@@ -24,7 +24,7 @@ $(PY): tests/blackbox/requirements.txt
 venv: $(PY)
 
 test: venv
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --all -- --check
