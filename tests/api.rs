@@ -647,6 +647,7 @@ async fn every_response_carries_security_headers_and_a_request_id() {
     r.assert_problem(404, "not_found");
     let r = send(&app, get("/v1/users")).await;
     r.assert_problem(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
     // A caller's request id is echoed; an unsafe one is replaced.
     let r = send(
         &app,
@@ -675,7 +676,7 @@ async fn a_panicking_handler_answers_500_and_the_app_keeps_serving() {
     let app = test::init_service(
         App::new()
             .configure(api::configure(ctx.state.clone()))
-            .service(api::resource("/boom").route(web::get().to(boom)))
+            .service(api::resource("/boom", "GET").route(web::get().to(boom)))
             .wrap(actix_web::middleware::from_fn(
                 api::middleware::request_context,
             ))
@@ -812,4 +813,74 @@ async fn migrations_are_idempotent_and_grant_role_validates_its_input() {
             Err(tessera::service::AccountError::Invalid(_))
         ));
     }
+}
+
+#[actix_web::test]
+async fn a_login_flood_beyond_the_hashing_queue_is_shed_with_503_not_queued() {
+    let db = TestDb::new(Backend::Sqlite);
+    let mut s = settings(&db, &new_kek());
+    // One slow hashing thread behind a two-slot queue.
+    s.password.memory_kib = 8 * 1024;
+    s.password.iterations = 3;
+    s.password.threads = 1;
+    s.password.queue = 2;
+    let state = tessera::startup::build_state(s).await.unwrap();
+    let app = test::init_service(api::app(state.clone())).await;
+    register_and_login(&app, "mia@example.com").await;
+    let flood = (0..24).map(|i| {
+        let password = if i % 2 == 0 {
+            PASSWORD
+        } else {
+            "wrong password here"
+        };
+        send(
+            &app,
+            post_json(
+                "/v1/login",
+                &json!({"email": "mia@example.com", "password": password}),
+            ),
+        )
+    });
+    let replies = futures_util::future::join_all(flood).await;
+    let shed: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(
+        !shed.is_empty(),
+        "a 2-slot queue cannot admit 24 concurrent logins"
+    );
+    for r in &shed {
+        r.assert_problem(503, "overloaded");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert!(
+        replies
+            .iter()
+            .all(|r| matches!(r.status.as_u16(), 200 | 401 | 503)),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        replies.iter().any(|r| r.status == 200),
+        "admitted logins complete"
+    );
+    // Registration shares the pool and is shed the same way; nothing half-written.
+    let regs = (0..12).map(|i| {
+        send(
+            &app,
+            post_json(
+                "/v1/users",
+                &json!({"email": format!("user{i}@example.com"), "password": PASSWORD}),
+            ),
+        )
+    });
+    let replies = futures_util::future::join_all(regs).await;
+    let created = replies.iter().filter(|r| r.status == 201).count() as i64;
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r.status.as_u16(), 201 | 503)));
+    let users = state.db.run(tessera::store::users::count).await.unwrap();
+    assert_eq!(
+        users,
+        1 + created,
+        "only admitted registrations were written"
+    );
 }

@@ -9,7 +9,7 @@ use super::{resource, AppState};
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/login").route(web::post().to(login)));
+    cfg.service(resource("/v1/login", "POST").route(web::post().to(login)));
 }
 
 async fn login(

@@ -9,7 +9,7 @@ use super::{resource, AppState};
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/me").route(web::get().to(me)));
+    cfg.service(resource("/v1/me", "GET").route(web::get().to(me)));
 }
 
 async fn me(state: web::Data<AppState>, auth: Authenticated) -> Result<HttpResponse, ApiError> {

@@ -74,14 +74,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
-/// A resource whose other methods answer 405 as problem+json and whose handlers' panics
-/// become 500s. Every route is declared through this.
+/// A resource whose other methods answer 405 as problem+json with `Allow` (RFC 9110
+/// §15.5.6), and whose handlers' panics become 500s. Every route is declared through this;
+/// `allow` lists the methods the caller routes on it.
 pub fn resource(
     path: &str,
+    allow: &'static str,
 ) -> actix_web::Resource<
     impl ServiceFactory<
         ServiceRequest,
@@ -92,6 +90,13 @@ pub fn resource(
     >,
 > {
     web::resource(path)
-        .default_service(web::to(method_not_allowed))
+        .default_service(web::to(move || async move {
+            let mut res = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+            res.headers_mut().insert(
+                actix_web::http::header::ALLOW,
+                actix_web::http::header::HeaderValue::from_static(allow),
+            );
+            res
+        }))
         .wrap(actix_web::middleware::from_fn(middleware::contain_panics))
 }

@@ -9,7 +9,7 @@ use super::{resource, AppState};
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/users").route(web::post().to(register)));
+    cfg.service(resource("/v1/users", "POST").route(web::post().to(register)));
 }
 
 async fn register(

@@ -10,10 +10,13 @@ use crate::config::Settings;
 use crate::crypto::keys::KeyAlg;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/.well-known/jwks.json").route(web::get().to(jwks)))
-        .service(resource("/.well-known/openid-configuration").route(web::get().to(metadata)))
+    cfg.service(resource("/.well-known/jwks.json", "GET").route(web::get().to(jwks)))
         .service(
-            resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)),
+            resource("/.well-known/openid-configuration", "GET").route(web::get().to(metadata)),
+        )
+        .service(
+            resource("/.well-known/oauth-authorization-server", "GET")
+                .route(web::get().to(metadata)),
         );
 }
 
