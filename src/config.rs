@@ -17,6 +17,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub tokens: TokenSettings,
     pub keys: KeySettings,
+    pub redis: RedisSettings,
     pub password: PasswordSettings,
     pub log: LogSettings,
 }
@@ -80,6 +81,24 @@ pub struct KeySettings {
     /// `Cache-Control: max-age` of the JWKS.
     #[serde(with = "humane")]
     pub jwks_max_age: Duration,
+    /// How often a scheduled rotation starts a new signing key.
+    #[serde(with = "humane")]
+    pub rotation_interval: Duration,
+    /// How often each replica re-reads keys (and runs the rotation and removal duty).
+    #[serde(with = "humane")]
+    pub reload_interval: Duration,
+    /// Older KEKs (base64, comma-separated) still accepted to open keys sealed before a
+    /// KEK rotation, until `tessera keys rewrap` has moved them to the current one.
+    #[serde(serialize_with = "redact_opt")]
+    pub previous_keks: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:6379/0`; unset means in-process stores only (single replica).
+    #[serde(serialize_with = "redact_opt_url_password")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -118,6 +137,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             tokens: TokenSettings::default(),
             keys: KeySettings::default(),
+            redis: RedisSettings::default(),
             password: PasswordSettings::default(),
             log: LogSettings::default(),
         }
@@ -164,6 +184,9 @@ impl Default for KeySettings {
             dev_kek_path: PathBuf::from("data/dev-kek"),
             algorithm: "ES256".into(),
             jwks_max_age: Duration::from_secs(5 * 60),
+            rotation_interval: Duration::from_secs(30 * 24 * 3600),
+            reload_interval: Duration::from_secs(30),
+            previous_keks: None,
         }
     }
 }
@@ -269,7 +292,18 @@ impl Settings {
             return Err(invalid("keys.jwks_max_age", "must be between 1s and 24h"));
         }
         crate::crypto::keys::KeyAlg::parse(&self.keys.algorithm)
-            .map_err(|_| invalid("keys.algorithm", "must be ES256 or EdDSA"))?;
+            .map_err(|_| invalid("keys.algorithm", "must be ES256, EdDSA or RS256"))?;
+        if self.keys.reload_interval < Duration::from_secs(1)
+            || self.keys.reload_interval > Duration::from_secs(300)
+        {
+            return Err(invalid("keys.reload_interval", "must be between 1s and 5m"));
+        }
+        if self.keys.rotation_interval < self.publish_lead() + self.retire_grace() {
+            return Err(invalid(
+                "keys.rotation_interval",
+                "must exceed the publish lead (jwks_max_age + 2 × reload_interval + leeway) plus the retirement grace (access_ttl + leeway)",
+            ));
+        }
         if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
             return Err(invalid(
                 "keys.kek",
@@ -284,6 +318,14 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:// or postgres://",
             ));
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
@@ -360,6 +402,18 @@ impl Settings {
         }
     }
 
+    /// How long a new signing key is published before it signs: one JWKS cache lifetime, so
+    /// a verifier's cached JWKS already holds it, plus two reload intervals, so every replica
+    /// serves it before then, plus the clock leeway.
+    pub fn publish_lead(&self) -> Duration {
+        self.keys.jwks_max_age + self.keys.reload_interval * 2 + self.tokens.leeway
+    }
+
+    /// How long a retired key stays published: until the last token it signed has expired.
+    pub fn retire_grace(&self) -> Duration {
+        self.tokens.access_ttl + self.tokens.leeway
+    }
+
     pub fn pepper(&self) -> Option<Vec<u8>> {
         self.password
             .pepper
@@ -408,6 +462,13 @@ fn render_toml(value: &serde_json::Value) -> String {
 fn redact_opt<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+fn redact_opt_url_password<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => redact_url_password(v, s),
         None => s.serialize_none(),
     }
 }

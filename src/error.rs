@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::service::{AccountError, FieldError};
+use crate::service::{AccountError, FieldError, KeyRingError};
 
 tokio::task_local! {
     /// The current request's id, set by the request middleware for everything it awaits.
@@ -29,8 +29,14 @@ pub enum ApiError {
     MissingToken,
     #[error("invalid bearer token")]
     InvalidToken,
+    #[error("forbidden")]
+    Forbidden,
     #[error("not found")]
     NotFound,
+    #[error("no such signing key")]
+    KeyNotFound,
+    #[error("rotation in progress")]
+    RotationInProgress(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("payload too large")]
@@ -83,7 +89,22 @@ impl ApiError {
                 "invalid_token",
                 "The access token is invalid, expired or revoked",
             ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "This needs a role the caller does not have",
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource"),
+            ApiError::KeyNotFound => (
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                "No signing key has this kid",
+            ),
+            ApiError::RotationInProgress(_) => (
+                StatusCode::CONFLICT,
+                "rotation_in_progress",
+                "A key rotation is already in progress",
+            ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -120,6 +141,7 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             ApiError::MalformedRequest(why) => (*why).to_owned(),
+            ApiError::RotationInProgress(why) => why.clone(),
             ApiError::ValidationFailed(_) => "See `errors` for each invalid field.".into(),
             ApiError::Internal => "Quote the request id when reporting this.".into(),
             other => other.spec().2.to_owned(),
@@ -201,6 +223,29 @@ impl From<AccountError> for ApiError {
             }
             AccountError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<KeyRingError> for ApiError {
+    fn from(e: KeyRingError) -> Self {
+        match e {
+            KeyRingError::NotFound(_) => ApiError::KeyNotFound,
+            KeyRingError::RotationInProgress { kid, activates_at } => ApiError::RotationInProgress(
+                format!("key {kid} is pending and signs from {activates_at} (Unix time)"),
+            ),
+            KeyRingError::Store(crate::store::StoreError::Unavailable(cause)) => {
+                tracing::error!(%cause, "database unavailable");
+                ApiError::Unavailable
+            }
+            other @ (KeyRingError::Store(_)
+            | KeyRingError::WrongKek { .. }
+            | KeyRingError::Unseal { .. }
+            | KeyRingError::BadKey { .. }
+            | KeyRingError::Generate(_)) => {
+                tracing::error!(cause = %other, "key ring failure");
                 ApiError::Internal
             }
         }

@@ -4,6 +4,7 @@
 //! (adapters); `domain` holds the newtypes every layer shares and depends on none of them.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -4,9 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use tessera::config::Settings;
+use tessera::crypto::keys::{KeyAlg, KeyMaterial};
+use tessera::domain::SystemClock;
 use tessera::service::accounts::grant_role;
-use tessera::startup::Application;
+use tessera::service::keyring::state_at;
+use tessera::service::AccountError;
+use tessera::startup::{open_key_ring, Application};
+use tessera::store::keys::KeyRecord;
 use tessera::store::{self, Db};
 
 #[derive(Parser)]
@@ -39,6 +46,30 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Manage signing keys directly in the database.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List every key with its state and timestamps.
+    List,
+    /// Start a rotation: a new key is published now and signs after the publish lead.
+    Rotate {
+        /// ES256, EdDSA or RS256 (default: keys.algorithm).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Import this PEM private key (PKCS#8, or PKCS#1 for RSA) instead of generating one.
+        #[arg(long, requires = "alg")]
+        pem: Option<PathBuf>,
+    },
+    /// Revoke a key at once (compromise); a fresh key signs if it was the signing key.
+    Revoke { kid: String },
+    /// Re-seal every private key under the current KEK (after a KEK rotation).
+    Rewrap,
 }
 
 #[derive(Subcommand)]
@@ -63,21 +94,29 @@ fn main() -> ExitCode {
         }
     };
     tessera::telemetry::init(&settings.log);
-    let result = match cli.command {
+    match run(cli.command, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "tessera failed");
+            eprintln!("tessera: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, settings: Settings) -> Result<(), String> {
+    match command {
         Command::Serve => serve(settings),
-        Command::Migrate => store::migrate(&settings.database.url)
-            .map(|applied| {
-                println!(
-                    "applied {} migration(s){}",
-                    applied.len(),
-                    if applied.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", applied.join(", "))
-                    }
-                );
-            })
-            .map_err(|e| e.to_string()),
+        Command::Migrate => {
+            let applied = store::migrate(&settings.database.url).map_err(|e| e.to_string())?;
+            let list = if applied.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", applied.join(", "))
+            };
+            println!("applied {} migration(s){list}", applied.len());
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -92,7 +131,7 @@ fn main() -> ExitCode {
             let granted = grant_role(&db, &email, &role, "cli")
                 .await
                 .map_err(|e| match e {
-                    tessera::service::AccountError::Invalid(fields) => fields
+                    AccountError::Invalid(fields) => fields
                         .iter()
                         .map(|f| format!("{}: {}", f.field, f.message))
                         .collect::<Vec<_>>()
@@ -109,15 +148,75 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Command::Keys { command } => run_async(keys(command, settings)),
+    }
+}
+
+async fn keys(command: KeysCommand, settings: Settings) -> Result<(), String> {
+    let (_, ring) = open_key_ring(&settings, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    let parse_alg = |alg: Option<String>| -> Result<Option<KeyAlg>, String> {
+        alg.map(|a| {
+            KeyAlg::parse(&a).map_err(|_| format!("--alg {a}: must be ES256, EdDSA or RS256"))
+        })
+        .transpose()
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!(error = %message, "tessera failed");
-            eprintln!("tessera: {message}");
-            ExitCode::FAILURE
+    let show = |r: &KeyRecord, state: &str| {
+        let opt = |t: Option<i64>| t.map_or_else(|| "-".to_owned(), |t| t.to_string());
+        println!(
+            "{}  {:<6} {:<8} created {} activates {} retires {} removes {} revoked {}  kek {}",
+            r.kid,
+            r.alg,
+            state,
+            r.created_at,
+            r.activates_at,
+            opt(r.retires_at),
+            opt(r.removes_at),
+            opt(r.revoked_at),
+            r.kek_id
+        );
+    };
+    let t = ring.now();
+    match command {
+        KeysCommand::List => {
+            for (r, state) in ring.list().await.map_err(|e| e.to_string())? {
+                show(&r, state.as_str());
+            }
+        }
+        KeysCommand::Rotate { alg, pem } => {
+            let alg = parse_alg(alg)?;
+            let record = match (pem, alg) {
+                (Some(path), Some(alg)) => {
+                    let text = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?,
+                    );
+                    let material = KeyMaterial::from_pem(alg, &text)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    ring.rotate_to(material, "cli").await
+                }
+                (_, alg) => ring.rotate(alg, "cli").await,
+            }
+            .map_err(|e| e.to_string())?;
+            show(&record, state_at(&record, t).as_str());
+        }
+        KeysCommand::Revoke { kid } => {
+            let outcome = ring.revoke(&kid, "cli").await.map_err(|e| e.to_string())?;
+            if outcome.already_revoked {
+                println!("already revoked");
+            }
+            show(&outcome.revoked, "revoked");
+            if let Some(r) = outcome.replacement {
+                show(&r, state_at(&r, t).as_str());
+            }
+        }
+        KeysCommand::Rewrap => {
+            let moved = ring.rewrap("cli").await.map_err(|e| e.to_string())?;
+            println!("re-sealed {moved} key(s) under the current KEK");
         }
     }
+    Ok(())
 }
 
 fn serve(settings: Settings) -> Result<(), String> {

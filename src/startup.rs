@@ -13,10 +13,13 @@ use crate::api::{self, AppState};
 use crate::config::{Profile, Settings};
 use crate::crypto::keys::KeyAlg;
 use crate::crypto::password::{HashParams, Hasher};
-use crate::crypto::seal::Kek;
-use crate::domain::PasswordPolicy;
+use std::time::Duration;
+
+use crate::cluster::{follow_key_changes, RedisKeyEvents};
+use crate::crypto::seal::{Kek, KekRing};
+use crate::domain::{Clock, PasswordPolicy, SystemClock};
 use crate::service::accounts::TokenPolicy;
-use crate::service::keyring::KeyRingSettings;
+use crate::service::keyring::KeyPolicy;
 use crate::service::{Accounts, KeyRing, KeyRingError};
 use crate::store::{self, Db, StoreError};
 
@@ -31,6 +34,8 @@ pub enum StartupError {
     Keys(#[from] KeyRingError),
     #[error("password hashing: {0}")]
     Hashing(String),
+    #[error("Redis: {0}")]
+    Redis(String),
     #[error("cannot listen: {0}")]
     Bind(std::io::Error),
 }
@@ -93,10 +98,42 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// Builds everything a process shares: database pool (after migrations, if configured),
-/// hashing pool, key ring and use-cases.
-pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
-    let kek = Arc::new(load_kek(&settings)?);
+/// Resolves every configured KEK: the current one and `keys.previous_keks`.
+pub fn load_keks(settings: &Settings) -> Result<KekRing, StartupError> {
+    let current = load_kek(settings)?;
+    let mut previous = Vec::new();
+    if let Some(list) = &settings.keys.previous_keks {
+        for (i, text) in list
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .enumerate()
+        {
+            previous.push(Kek::from_base64(text).map_err(|e| {
+                StartupError::Kek(format!("keys.previous_keks entry {}: {e}", i + 1))
+            })?);
+        }
+    }
+    Ok(KekRing::new(current, previous))
+}
+
+/// The key-ring policy the settings describe.
+pub fn key_policy(settings: &Settings) -> Result<KeyPolicy, StartupError> {
+    Ok(KeyPolicy {
+        algorithm: KeyAlg::parse(&settings.keys.algorithm)
+            .map_err(|e| StartupError::Keys(KeyRingError::Generate(e.to_string())))?,
+        rotation_interval: settings.keys.rotation_interval,
+        publish_lead: settings.publish_lead(),
+        retire_grace: settings.retire_grace(),
+        issuer: settings.tokens.issuer.clone(),
+        audience: settings.tokens.audience.clone(),
+        leeway: settings.tokens.leeway,
+    })
+}
+
+/// Applies migrations (when configured) and opens the pool.
+pub async fn open_database(settings: &Settings) -> Result<Db, StartupError> {
     if settings.database.migrate_on_start {
         let url = settings.database.url.clone();
         let applied = tokio::task::spawn_blocking(move || store::migrate(&url))
@@ -107,9 +144,36 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
         }
     }
     let db_settings = settings.database.clone();
-    let db = tokio::task::spawn_blocking(move || Db::connect(&db_settings))
-        .await
-        .map_err(|e| StartupError::Database(StoreError::Unavailable(e.to_string())))??;
+    Ok(
+        tokio::task::spawn_blocking(move || Db::connect(&db_settings))
+            .await
+            .map_err(|e| StartupError::Database(StoreError::Unavailable(e.to_string())))??,
+    )
+}
+
+/// Opens the database and loads the key ring (also what the `keys` CLI commands use).
+pub async fn open_key_ring(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<(Db, Arc<KeyRing>), StartupError> {
+    let keks = Arc::new(load_keks(settings)?);
+    let db = open_database(settings).await?;
+    let keys = KeyRing::load_or_init(db.clone(), keks, key_policy(settings)?, clock).await?;
+    Ok((db, keys))
+}
+
+/// Builds everything a process shares: database pool (after migrations, if configured),
+/// hashing pool, key ring and use-cases, on the wall clock.
+pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
+    build_state_with_clock(settings, Arc::new(SystemClock)).await
+}
+
+/// As [`build_state`], with the key ring on `clock` (lifecycle tests).
+pub async fn build_state_with_clock(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<AppState, StartupError> {
+    let (db, keys) = open_key_ring(&settings, clock).await?;
     let hasher = Hasher::start(
         HashParams {
             memory_kib: settings.password.memory_kib,
@@ -121,19 +185,6 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
         settings.password.queue,
     )
     .map_err(|e| StartupError::Hashing(e.to_string()))?;
-    let algorithm = KeyAlg::parse(&settings.keys.algorithm)
-        .map_err(|e| StartupError::Keys(KeyRingError::Generate(e.to_string())))?;
-    let keys = KeyRing::load_or_init(
-        db.clone(),
-        kek,
-        KeyRingSettings {
-            algorithm,
-            issuer: settings.tokens.issuer.clone(),
-            audience: settings.tokens.audience.clone(),
-            leeway: settings.tokens.leeway,
-        },
-    )
-    .await?;
     let accounts = Accounts::new(
         db.clone(),
         hasher,
@@ -156,6 +207,37 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     })
 }
 
+/// Each replica's key duty: every `reload_interval`, run the (locked) rotation and removal
+/// duty and re-read the key set, so replicas converge even without Redis.
+pub async fn key_duty(ring: Arc<KeyRing>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = ring.maintain().await {
+            tracing::warn!(error = %e, "signing-key duty failed; will retry");
+        }
+        if let Err(e) = ring.reload().await {
+            tracing::warn!(error = %e, "signing-key reload failed; keeping the current key set");
+        }
+    }
+}
+
+/// Connects Redis (when configured) for key-change announcements.
+async fn connect_redis(settings: &Settings, keys: &Arc<KeyRing>) -> Result<(), StartupError> {
+    let Some(url) = &settings.redis.url else {
+        return Ok(());
+    };
+    let client =
+        redis::Client::open(url.as_str()).map_err(|e| StartupError::Redis(e.to_string()))?;
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .map_err(|e| StartupError::Redis(e.to_string()))?;
+    keys.set_events(Arc::new(RedisKeyEvents::new(conn)));
+    actix_web::rt::spawn(follow_key_changes(client, Arc::clone(keys)));
+    Ok(())
+}
+
 /// A bound, not yet running server.
 pub struct Application {
     server: Server,
@@ -167,7 +249,11 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let bind = (settings.server.bind.clone(), settings.server.port);
         let workers = settings.http_workers();
+        let reload_every = settings.keys.reload_interval;
+        let redis_settings = settings.clone();
         let state = build_state(settings).await?;
+        connect_redis(&redis_settings, &state.keys).await?;
+        actix_web::rt::spawn(key_duty(Arc::clone(&state.keys), reload_every));
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(workers)
             .bind(bind)

@@ -79,6 +79,27 @@ impl Fields {
         }
     }
 
+    /// An optional string field: `None` when absent; records an error when mistyped.
+    pub fn optional_string(&mut self, name: &'static str) -> Option<String> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                self.errors.push(FieldError {
+                    field: name,
+                    code: "invalid_type",
+                    message: "must be a string".into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Records a problem found while interpreting a field.
+    pub fn push(&mut self, error: FieldError) {
+        self.errors.push(error);
+    }
+
     /// Fails with every collected problem, plus one per unexpected field (a typo such as
     /// `passwrd` should not pass silently).
     pub fn finish(mut self) -> Result<(), ApiError> {

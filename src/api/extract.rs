@@ -46,6 +46,40 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
     }
 }
 
+/// A caller holding a verified access token whose account, checked online now, has the
+/// `admin` role. Missing or bad token → 401; any other account → 403.
+pub struct Admin {
+    pub user_id: String,
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Admin, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let verified = authenticate(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let Authenticated(claims) = verified?;
+            let state = state.ok_or(ApiError::Internal)?;
+            // The token's roles are a snapshot; the account's current roles decide.
+            let profile = state.accounts.profile(&claims).await?;
+            if profile
+                .roles
+                .iter()
+                .any(|r| r == crate::domain::Role::ADMIN)
+            {
+                Ok(Admin {
+                    user_id: profile.id,
+                })
+            } else {
+                tracing::info!(user_id = %profile.id, "admin endpoint refused: no admin role");
+                Err(ApiError::Forbidden)
+            }
+        })
+    }
+}
+
 /// The peer's IP address, for the audit trail. Forwarding headers are not trusted here.
 pub fn peer_ip(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|a| a.ip().to_string())

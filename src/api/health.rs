@@ -33,7 +33,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "unavailable"
         }
     };
-    let signing_key = if state.keys.current().signer().is_some() {
+    let signing_key = if state.keys.active_kid().is_some() {
         "ok"
     } else {
         "missing"

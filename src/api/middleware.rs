@@ -46,6 +46,19 @@ pub async fn request_context(
         .instrument(span.clone())
         .await?
         .map_into_boxed_body();
+    // Errors raised by the framework itself (a body over the limit for a raw-bytes
+    // extractor, an unreadable path segment) become problem+json like ours.
+    if res.response().error().is_some() && !is_problem(&res) {
+        let api = match res.status().as_u16() {
+            413 => ApiError::PayloadTooLarge,
+            415 => ApiError::UnsupportedMediaType,
+            404 => ApiError::NotFound,
+            405 => ApiError::MethodNotAllowed,
+            400..=499 => ApiError::MalformedRequest("the request could not be read"),
+            _ => ApiError::Internal,
+        };
+        res = res.into_response(api.to_response(Some(&id)));
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
@@ -54,6 +67,12 @@ pub async fn request_context(
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     tracing::info!(parent: &span, status, latency_us = micros, "request");
     Ok(res)
+}
+
+fn is_problem(res: &ServiceResponse<BoxBody>) -> bool {
+    res.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
 }
 
 /// Turns a panic in a handler into an opaque 500 (with the request id) instead of a dropped

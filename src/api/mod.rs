@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors, wire types. Handlers translate between the wire and the
 //! use-cases in `service/`; they hold no business rules.
 
+mod admin;
 mod body;
 mod extract;
 mod health;
@@ -42,6 +43,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .app_data(body::json_config())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .configure(users::configure)
+            .configure(admin::configure)
             .configure(login::configure)
             .configure(me::configure)
             .configure(wellknown::configure)

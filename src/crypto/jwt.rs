@@ -6,10 +6,13 @@ use std::fmt;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{KeyAlg, KeyMaterial};
+use super::b64url;
+use super::keys::{rsa_components, KeyAlg, KeyMaterial};
 
 /// The `typ` header of access tokens (RFC 9068 §2.1); it keeps an ID token or any other JWT
 /// signed by the same key from being accepted as an access token.
@@ -33,8 +36,10 @@ pub struct AccessClaims {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("signing failed: {0}")]
-    Sign(#[from] jsonwebtoken::errors::Error),
+    #[error("private key does not parse for its algorithm")]
+    BadKey,
+    #[error("signing failed")]
+    Sign,
 }
 
 /// Why a token was refused. Callers answer every variant with the same 401; the variant is
@@ -63,11 +68,21 @@ pub enum TokenError {
     WrongAudience,
 }
 
-/// A private key ready to sign: parsed once at load, reused for every token.
+/// A private key parsed once at load and reused for every token, with its JWS header
+/// pre-encoded. Signatures come from ring (P-256, Ed25519) and aws-lc-rs (RSA); this type
+/// only joins the base64url parts of the compact serialisation (RFC 7515 §7.1).
+/// Verification is jsonwebtoken's, in [`Verifier`].
 pub struct Signer {
     kid: String,
     alg: KeyAlg,
-    key: EncodingKey,
+    key: SigningKey,
+    header_b64: String,
+}
+
+enum SigningKey {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+    Rs256(aws_lc_rs::rsa::KeyPair),
 }
 
 impl fmt::Debug for Signer {
@@ -77,20 +92,36 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Builds a signer and signs a probe token with it: `EncodingKey::from_*_der` does not
-    /// validate the key, so a bad key would otherwise fail at the first login.
+    /// Parses the private key and signs a probe, so a bad key fails at load, not at the
+    /// first login.
     pub fn new(kid: &str, material: &KeyMaterial) -> Result<Signer, SignError> {
+        let der = material.private_der.as_slice();
         let key = match material.alg {
-            KeyAlg::Es256 => EncodingKey::from_ec_der(&material.private_pkcs8),
-            KeyAlg::EdDsa => EncodingKey::from_ed_der(&material.private_pkcs8),
+            KeyAlg::Es256 => SigningKey::Es256(
+                EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                    &SystemRandom::new(),
+                )
+                .map_err(|_| SignError::BadKey)?,
+            ),
+            KeyAlg::EdDsa => SigningKey::EdDsa(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| SignError::BadKey)?,
+            ),
+            KeyAlg::Rs256 => SigningKey::Rs256(
+                aws_lc_rs::rsa::KeyPair::from_der(der).map_err(|_| SignError::BadKey)?,
+            ),
         };
+        let header =
+            serde_json::json!({"alg": material.alg.as_str(), "typ": ACCESS_TOKEN_TYP, "kid": kid});
+        let header_b64 = b64url(header.to_string().as_bytes());
         let signer = Signer {
             kid: kid.to_owned(),
             alg: material.alg,
             key,
+            header_b64,
         };
-        let probe = serde_json::json!({"probe": true});
-        jsonwebtoken::encode(&signer.header(), &probe, &signer.key)?;
+        signer.sign_message(b"probe")?;
         Ok(signer)
     }
 
@@ -102,15 +133,38 @@ impl Signer {
         self.alg
     }
 
-    fn header(&self) -> Header {
-        let mut header = Header::new(self.alg.jwt_algorithm());
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(self.kid.clone());
-        header
+    fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        match &self.key {
+            SigningKey::Es256(k) => Ok(k
+                .sign(&SystemRandom::new(), message)
+                .map_err(|_| SignError::Sign)?
+                .as_ref()
+                .to_vec()),
+            SigningKey::EdDsa(k) => Ok(k.sign(message).as_ref().to_vec()),
+            SigningKey::Rs256(k) => {
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    message,
+                    &mut sig,
+                )
+                .map_err(|_| SignError::Sign)?;
+                Ok(sig)
+            }
+        }
     }
 
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, SignError> {
-        Ok(jsonwebtoken::encode(&self.header(), claims, &self.key)?)
+        let payload = serde_json::to_vec(claims).map_err(|_| SignError::Sign)?;
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 360);
+        token.push_str(&self.header_b64);
+        token.push('.');
+        token.push_str(&b64url(&payload));
+        let signature = self.sign_message(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&b64url(&signature));
+        Ok(token)
     }
 }
 
@@ -121,13 +175,18 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
-    /// `public` is the raw key (65-byte SEC1 point, or 32-byte Ed25519), not SPKI.
-    pub fn new(alg: KeyAlg, public: &[u8]) -> VerifyingKey {
+    /// `public` is the raw key for P-256 (65-byte SEC1 point) and Ed25519 (32 bytes), and
+    /// SPKI DER for RSA: the form `KeyMaterial` holds.
+    pub fn new(alg: KeyAlg, public: &[u8]) -> Result<VerifyingKey, SignError> {
         let key = match alg {
             KeyAlg::Es256 => DecodingKey::from_ec_der(public),
             KeyAlg::EdDsa => DecodingKey::from_ed_der(public),
+            KeyAlg::Rs256 => {
+                let (n, e) = rsa_components(public).map_err(|_| SignError::BadKey)?;
+                DecodingKey::from_rsa_raw_components(&n, &e)
+            }
         };
-        VerifyingKey { alg, key }
+        Ok(VerifyingKey { alg, key })
     }
 }
 
@@ -224,7 +283,7 @@ mod tests {
         let m = KeyMaterial::generate(alg).unwrap();
         let signer = Signer::new("k1", &m).unwrap();
         let mut keys = HashMap::new();
-        keys.insert("k1".to_owned(), VerifyingKey::new(alg, &m.public));
+        keys.insert("k1".to_owned(), VerifyingKey::new(alg, &m.public).unwrap());
         (
             signer,
             Verifier::new(keys, "https://id.example", "api", Duration::from_secs(30)),

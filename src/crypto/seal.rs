@@ -109,6 +109,43 @@ impl fmt::Debug for Kek {
     }
 }
 
+/// The KEK that seals new keys, plus older KEKs still accepted for opening rows sealed
+/// before a KEK rotation (until `tessera keys rewrap` has moved them).
+#[derive(Debug)]
+pub struct KekRing {
+    current: Kek,
+    previous: Vec<Kek>,
+}
+
+impl KekRing {
+    pub fn new(current: Kek, previous: Vec<Kek>) -> KekRing {
+        let previous = previous
+            .into_iter()
+            .filter(|k| k.id != current.id)
+            .collect();
+        KekRing { current, previous }
+    }
+
+    pub fn current(&self) -> &Kek {
+        &self.current
+    }
+
+    /// The KEK with this id, if configured.
+    pub fn get(&self, id: &str) -> Option<&Kek> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+    }
+
+    /// Ids of every configured KEK, current first (for error messages).
+    pub fn ids(&self) -> Vec<&str> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| k.id.as_str())
+            .collect()
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -292,7 +292,7 @@ impl Accounts {
     fn issue(&self, subject: &str, roles: Vec<String>) -> Result<TokenGrant, AccountError> {
         let keys = self.keys.current();
         let signer = keys
-            .signer()
+            .signer_at(self.keys.now())
             .ok_or_else(|| AccountError::Unavailable("no active signing key".into()))?;
         let t = now();
         let ttl = self.tokens.access_ttl.as_secs();

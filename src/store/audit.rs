@@ -14,6 +14,10 @@ pub enum AuditKind {
     LoginFailed,
     RoleGranted,
     KeyGenerated,
+    KeyRotated,
+    KeyRevoked,
+    KeyRemoved,
+    KeyRewrapped,
 }
 
 impl AuditKind {
@@ -24,6 +28,10 @@ impl AuditKind {
             AuditKind::LoginFailed => "login_failed",
             AuditKind::RoleGranted => "role_granted",
             AuditKind::KeyGenerated => "key_generated",
+            AuditKind::KeyRotated => "key_rotated",
+            AuditKind::KeyRevoked => "key_revoked",
+            AuditKind::KeyRemoved => "key_removed",
+            AuditKind::KeyRewrapped => "key_rewrapped",
         }
     }
 }

@@ -48,4 +48,13 @@ diesel::table! {
 }
 
 diesel::joinable!(user_roles -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_roles, signing_keys, audit_events);
+
+diesel::table! {
+    locks (name) {
+        name -> Text,
+        holder -> Nullable<Text>,
+        acquired_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(users, user_roles, signing_keys, audit_events, locks);

@@ -137,6 +137,24 @@ impl Ctx {
         }
     }
 
+    /// A context whose key ring runs on `clock`.
+    pub async fn with_clock(
+        backend: Backend,
+        clock: std::sync::Arc<dyn tessera::domain::Clock>,
+    ) -> Ctx {
+        let db = TestDb::new(backend);
+        let kek = new_kek();
+        let state = tessera::startup::build_state_with_clock(settings(&db, &kek), clock)
+            .await
+            .unwrap();
+        Ctx {
+            backend,
+            db,
+            kek,
+            state,
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         settings(&self.db, &self.kek)
     }
@@ -296,4 +314,28 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// Registers an account, grants it `admin` and returns its token.
+pub async fn admin_token<S, B>(app: &S, state: &AppState, email: &str) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    register_and_login(app, email).await;
+    tessera::service::accounts::grant_role(&state.db, email, "admin", "test")
+        .await
+        .unwrap();
+    login(app, email, PASSWORD).await
+}
+
+pub fn post(path: &str, token: &str) -> test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("authorization", format!("Bearer {token}")))
+}
+
+/// The kid in a token's header.
+pub fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
