@@ -278,10 +278,11 @@ impl Settings {
         if self.tokens.audience.trim().is_empty() {
             return Err(invalid("tokens.audience", "must not be empty"));
         }
-        if self.tokens.access_ttl < Duration::from_secs(60)
+        // Seconds-long lifetimes exist for lifecycle tests; production refuses under 1m.
+        if self.tokens.access_ttl < Duration::from_secs(5)
             || self.tokens.access_ttl > Duration::from_secs(24 * 3600)
         {
-            return Err(invalid("tokens.access_ttl", "must be between 1m and 24h"));
+            return Err(invalid("tokens.access_ttl", "must be between 5s and 24h"));
         }
         if self.tokens.leeway > Duration::from_secs(300) {
             return Err(invalid("tokens.leeway", "must be at most 5m"));
@@ -365,6 +366,9 @@ impl Settings {
             }
             if issuer.scheme() != "https" {
                 unsafe_settings.push("tokens.issuer must be an https URL");
+            }
+            if self.tokens.access_ttl < Duration::from_secs(60) {
+                unsafe_settings.push("tokens.access_ttl must be at least 1m");
             }
             if self.password.min_length < 8 {
                 unsafe_settings.push("password.min_length must be at least 8");

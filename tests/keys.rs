@@ -125,9 +125,14 @@ async fn a_rotation_publishes_first_switches_at_activation_and_removes_after_the
         send(&app, bearer("/v1/me", &admin))
             .await
             .assert_problem(401, "invalid_token");
+        // `fresh` has expired by now too (TTL 900 s + leeway): log in again at this instant.
+        let now_token = login(&app, "root@example.com", PASSWORD).await;
+        send(&app, bearer("/v1/me", &fresh))
+            .await
+            .assert_problem(401, "invalid_token");
         let listed = send(
             &app,
-            get("/v1/admin/keys").insert_header(("authorization", format!("Bearer {fresh}"))),
+            get("/v1/admin/keys").insert_header(("authorization", format!("Bearer {now_token}"))),
         )
         .await
         .json();

@@ -6,6 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
+use std::sync::Arc;
+
 use jsonwebtoken::{DecodingKey, Validation};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::b64url;
 use super::keys::{rsa_components, KeyAlg, KeyMaterial};
+use crate::domain::Clock;
 
 /// The `typ` header of access tokens (RFC 9068 §2.1); it keeps an ID token or any other JWT
 /// signed by the same key from being accepted as an access token.
@@ -196,6 +199,7 @@ pub struct Verifier {
     issuer: String,
     audience: String,
     leeway: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Verifier {
@@ -204,12 +208,14 @@ impl Verifier {
         issuer: &str,
         audience: &str,
         leeway: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Verifier {
         Verifier {
             keys,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway,
+            clock,
         }
     }
 
@@ -242,8 +248,10 @@ impl Verifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.leeway.as_secs();
+        // Times are checked below against the service's clock (injectable in tests);
+        // jsonwebtoken would read the system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation).map_err(
             |e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -255,6 +263,15 @@ impl Verifier {
                 _ => TokenError::Malformed,
             },
         )?;
+        let now = self.clock.now();
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(0);
+        // RFC 7519 §4.1.4/§4.1.5: not on or after `exp`, not before `nbf`, within leeway.
+        if now >= data.claims.exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if now.saturating_add(leeway) < data.claims.nbf {
+            return Err(TokenError::NotYetValid);
+        }
         Ok(data.claims)
     }
 }
@@ -286,7 +303,13 @@ mod tests {
         keys.insert("k1".to_owned(), VerifyingKey::new(alg, &m.public).unwrap());
         (
             signer,
-            Verifier::new(keys, "https://id.example", "api", Duration::from_secs(30)),
+            Verifier::new(
+                keys,
+                "https://id.example",
+                "api",
+                Duration::from_secs(30),
+                Arc::new(crate::domain::SystemClock),
+            ),
         )
     }
 

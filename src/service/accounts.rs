@@ -290,11 +290,13 @@ impl Accounts {
     }
 
     fn issue(&self, subject: &str, roles: Vec<String>) -> Result<TokenGrant, AccountError> {
+        // One instant for both the choice of key and the token's times, so tokens issued in
+        // the same second by any replica carry the same kid.
+        let t = self.keys.now();
         let keys = self.keys.current();
         let signer = keys
-            .signer_at(self.keys.now())
+            .signer_at(t)
             .ok_or_else(|| AccountError::Unavailable("no active signing key".into()))?;
-        let t = now();
         let ttl = self.tokens.access_ttl.as_secs();
         let claims = AccessClaims {
             iss: self.tokens.issuer.clone(),

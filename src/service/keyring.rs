@@ -262,11 +262,11 @@ impl KeyRing {
         let set = if signer_at(&records, t).is_none() {
             None
         } else {
-            Some(build_set(&records, &keks, &policy, t)?)
+            Some(build_set(&records, &keks, &policy, t, Arc::clone(&clock))?)
         };
         let placeholder = match set {
             Some(s) => s,
-            None => empty_set(&policy),
+            None => empty_set(&policy, Arc::clone(&clock)),
         };
         let ring = Arc::new(KeyRing {
             db,
@@ -313,7 +313,13 @@ impl KeyRing {
     pub async fn reload(&self) -> Result<(), KeyRingError> {
         let t = self.now();
         let records = self.db.run(move |c| key_store::list_live(c, t)).await?;
-        let set = build_set(&records, &self.keks, &self.policy, t)?;
+        let set = build_set(
+            &records,
+            &self.keks,
+            &self.policy,
+            t,
+            Arc::clone(&self.clock),
+        )?;
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         *guard = Arc::new(set);
         Ok(())
@@ -617,12 +623,13 @@ fn finish_change(c: &mut DbConnection, policy: &KeyPolicy, t: UnixTime) -> Resul
     Ok(())
 }
 
-fn empty_set(policy: &KeyPolicy) -> KeySet {
+fn empty_set(policy: &KeyPolicy, clock: Arc<dyn Clock>) -> KeySet {
     let verifier = Verifier::new(
         HashMap::new(),
         &policy.issuer,
         &policy.audience,
         policy.leeway,
+        clock,
     );
     let jwks = br#"{"keys":[]}"#.to_vec();
     let etag = etag_of(&jwks);
@@ -653,6 +660,7 @@ fn build_set(
     keks: &KekRing,
     policy: &KeyPolicy,
     t: UnixTime,
+    clock: Arc<dyn Clock>,
 ) -> Result<KeySet, KeyRingError> {
     let mut verifying = HashMap::new();
     let mut jwks = Vec::new();
@@ -704,7 +712,13 @@ fn build_set(
     }
     let body = serde_json::to_vec(&serde_json::json!({ "keys": jwks })).map_err(|e| bad("", e))?;
     let etag = etag_of(&body);
-    let verifier = Verifier::new(verifying, &policy.issuer, &policy.audience, policy.leeway);
+    let verifier = Verifier::new(
+        verifying,
+        &policy.issuer,
+        &policy.audience,
+        policy.leeway,
+        clock,
+    );
     Ok(KeySet {
         signers,
         verifier,
