@@ -17,6 +17,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub tokens: TokenSettings,
     pub keys: KeySettings,
+    pub sessions: SessionSettings,
+    pub cookies: CookieSettings,
+    pub cors: CorsSettings,
     pub redis: RedisSettings,
     pub password: PasswordSettings,
     pub log: LogSettings,
@@ -93,12 +96,78 @@ pub struct KeySettings {
     pub previous_keks: Option<SecretString>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:6379/0`; unset means in-process stores only (single replica).
     #[serde(serialize_with = "redact_opt_url_password")]
     pub url: Option<String>,
+    /// Prefix of every key Tessera writes (proto-docs/redis.md).
+    pub key_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings { url: None, key_prefix: "tessera:".into() }
+    }
+}
+
+/// Refresh-token lifetimes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// A refresh token unused this long expires.
+    #[serde(with = "humane")]
+    pub refresh_idle_ttl: Duration,
+    /// No session outlives this.
+    #[serde(with = "humane")]
+    pub refresh_absolute_ttl: Duration,
+    /// Concurrent reuse of a just-rotated token within this window is refused without
+    /// ending the session.
+    #[serde(with = "humane")]
+    pub reuse_grace: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            refresh_idle_ttl: Duration::from_secs(14 * 24 * 3600),
+            refresh_absolute_ttl: Duration::from_secs(30 * 24 * 3600),
+            reuse_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The refresh-token cookie for browser frontends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CookieSettings {
+    /// Deliver refresh tokens to browsers (requests with an allowed `Origin`) in an
+    /// `HttpOnly; Secure; SameSite=Strict` cookie instead of the response body.
+    pub refresh_cookie: bool,
+    pub name: String,
+    /// The only path the browser sends the cookie to.
+    pub path: String,
+}
+
+impl Default for CookieSettings {
+    fn default() -> Self {
+        CookieSettings { refresh_cookie: false, name: "tessera_refresh".into(), path: "/v1/token".into() }
+    }
+}
+
+/// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+/// `https://app.example.com, http://localhost:3000`. Empty: no cross-origin access.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    pub allowed_origins: String,
+}
+
+impl CorsSettings {
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -137,6 +206,9 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             tokens: TokenSettings::default(),
             keys: KeySettings::default(),
+            sessions: SessionSettings::default(),
+            cookies: CookieSettings::default(),
+            cors: CorsSettings::default(),
             redis: RedisSettings::default(),
             password: PasswordSettings::default(),
             log: LogSettings::default(),
@@ -319,6 +391,24 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:// or postgres://",
             ));
+        }
+        for origin in self.cors.origins() {
+            let ok = url::Url::parse(&origin).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none());
+            if !ok {
+                return Err(invalid("cors.allowed_origins", format!("{origin} is not an origin like https://app.example.com")));
+            }
+        }
+        if self.sessions.refresh_absolute_ttl < self.sessions.refresh_idle_ttl.min(Duration::from_secs(60)) {
+            return Err(invalid("sessions.refresh_absolute_ttl", "must be at least 1m"));
+        }
+        if self.sessions.reuse_grace > Duration::from_secs(60) {
+            return Err(invalid("sessions.reuse_grace", "must be at most 1m"));
+        }
+        if !self.cookies.path.starts_with('/') || self.cookies.name.is_empty() || !self.cookies.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(invalid("cookies.name", "cookies.name must be a plain token and cookies.path must start with /"));
+        }
+        if self.cookies.refresh_cookie && self.cors.origins().is_empty() {
+            return Err(invalid("cookies.refresh_cookie", "needs cors.allowed_origins: the cookie is only for listed browser origins"));
         }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {

@@ -31,6 +31,8 @@ pub enum ApiError {
     InvalidToken,
     #[error("forbidden")]
     Forbidden,
+    #[error("invalid grant")]
+    InvalidGrant(&'static str),
     #[error("not found")]
     NotFound,
     #[error("no such signing key")]
@@ -89,6 +91,7 @@ impl ApiError {
                 "invalid_token",
                 "The access token is invalid, expired or revoked",
             ),
+            ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant", "The grant is invalid"),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -142,6 +145,7 @@ impl ApiError {
         match self {
             ApiError::MalformedRequest(why) => (*why).to_owned(),
             ApiError::RotationInProgress(why) => why.clone(),
+            ApiError::InvalidGrant(why) => (*why).to_owned(),
             ApiError::ValidationFailed(_) => "See `errors` for each invalid field.".into(),
             ApiError::Internal => "Quote the request id when reporting this.".into(),
             other => other.spec().2.to_owned(),
@@ -213,6 +217,7 @@ impl From<AccountError> for ApiError {
             AccountError::EmailTaken => ApiError::EmailTaken,
             AccountError::InvalidCredentials => ApiError::InvalidCredentials,
             AccountError::TokenRevoked => ApiError::InvalidToken,
+            AccountError::InvalidGrant(why) => ApiError::InvalidGrant(why),
             AccountError::Overloaded => {
                 tracing::warn!("password hashing queue full: request shed");
                 ApiError::Overloaded
@@ -247,6 +252,79 @@ impl From<KeyRingError> for ApiError {
             | KeyRingError::Generate(_)) => {
                 tracing::error!(cause = %other, "key ring failure");
                 ApiError::Internal
+            }
+        }
+    }
+}
+
+/// Errors of the OAuth endpoints (`/v1/token`, `/v1/revoke`), rendered as RFC 6749 §5.2
+/// `{"error", "error_description"}` because OAuth client libraries expect that shape.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(&'static str),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// The body is not form-encoded (DESIGN §3: a wrong content type is 415).
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// A cookie-borne refresh without the CSRF defence.
+    #[error("cross-site request refused")]
+    CrossSite,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("temporarily unavailable")]
+    Unavailable,
+    #[error("server error")]
+    Server,
+}
+
+impl OAuthError {
+    fn spec(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            OAuthError::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", why),
+            OAuthError::InvalidGrant(why) => (StatusCode::BAD_REQUEST, "invalid_grant", why),
+            OAuthError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be refresh_token"),
+            OAuthError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", "the body must be application/x-www-form-urlencoded"),
+            OAuthError::CrossSite => (StatusCode::FORBIDDEN, "invalid_request", "a cookie refresh needs an allowed Origin and the X-Tessera-CSRF header"),
+            OAuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body exceeds 64 KiB"),
+            OAuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "retry shortly"),
+            OAuthError::Server => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; quote the X-Request-Id header"),
+        }
+    }
+}
+
+impl ResponseError for OAuthError {
+    fn status_code(&self) -> StatusCode {
+        self.spec().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, error, description) = self.spec();
+        let mut res = HttpResponse::build(status);
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if matches!(self, OAuthError::Unavailable) {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS)));
+        }
+        res.json(json!({"error": error, "error_description": description}))
+    }
+}
+
+impl From<AccountError> for OAuthError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidGrant(why) => OAuthError::InvalidGrant(why),
+            AccountError::Overloaded | AccountError::Unavailable(_) => {
+                tracing::warn!(cause = %e, "token endpoint degraded");
+                OAuthError::Unavailable
+            }
+            AccountError::TokenRevoked | AccountError::InvalidCredentials => OAuthError::InvalidGrant("the grant is invalid"),
+            AccountError::Invalid(_) | AccountError::EmailTaken => OAuthError::InvalidRequest("the request is invalid"),
+            AccountError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                OAuthError::Server
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod service;
 pub mod startup;
 pub mod store;

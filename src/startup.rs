@@ -18,7 +18,10 @@ use std::time::Duration;
 use crate::cluster::{follow_key_changes, RedisKeyEvents};
 use crate::crypto::seal::{Kek, KekRing};
 use crate::domain::{Clock, PasswordPolicy, SystemClock};
-use crate::service::accounts::TokenPolicy;
+use crate::limits::redis::RedisMirror;
+use crate::limits::Revocations;
+use crate::service::accounts::{SessionPolicy, TokenPolicy};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::service::keyring::KeyPolicy;
 use crate::service::{Accounts, KeyRing, KeyRingError};
 use crate::store::{self, Db, StoreError};
@@ -174,6 +177,12 @@ pub async fn build_state_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, StartupError> {
     let (db, keys) = open_key_ring(&settings, clock).await?;
+    let retain = i64::try_from(settings.retire_grace().as_secs()).unwrap_or(i64::MAX / 4);
+    let revocations = match redis_connection(&settings)? {
+        Some((_, conn)) => Revocations::with_redis(db.clone(), RedisMirror::new(conn, &settings.redis.key_prefix), retain),
+        None => Revocations::in_memory(db.clone(), retain),
+    };
+    revocations.warm().await?;
     let hasher = Hasher::start(
         HashParams {
             memory_kib: settings.password.memory_kib,
@@ -198,11 +207,18 @@ pub async fn build_state_with_clock(
             audience: settings.tokens.audience.clone(),
             access_ttl: settings.tokens.access_ttl,
         },
+        SessionPolicy {
+            idle_ttl: settings.sessions.refresh_idle_ttl,
+            absolute_ttl: settings.sessions.refresh_absolute_ttl,
+            reuse_grace: settings.sessions.reuse_grace,
+        },
+        Arc::clone(&revocations),
     );
     Ok(AppState {
         accounts,
         keys,
         db,
+        revocations,
         settings: Arc::new(settings),
     })
 }
@@ -223,19 +239,49 @@ pub async fn key_duty(ring: Arc<KeyRing>, every: Duration) {
     }
 }
 
+/// A Redis client and a reconnecting connection, when `redis.url` is set. The connection
+/// is lazy: Tessera starts (degraded, on its database) while Redis is down.
+pub fn redis_connection(settings: &Settings) -> Result<Option<(redis::Client, ConnectionManager)>, StartupError> {
+    let Some(url) = &settings.redis.url else { return Ok(None) };
+    let client = redis::Client::open(url.as_str()).map_err(|e| StartupError::Redis(e.to_string()))?;
+    // Short timeouts: a Redis that does not answer must cost a request milliseconds, not
+    // seconds, before the database answers instead.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| StartupError::Redis(e.to_string()))?;
+    Ok(Some((client, conn)))
+}
+
 /// Connects Redis (when configured) for key-change announcements.
-async fn connect_redis(settings: &Settings, keys: &Arc<KeyRing>) -> Result<(), StartupError> {
-    let Some(url) = &settings.redis.url else {
-        return Ok(());
-    };
-    let client =
-        redis::Client::open(url.as_str()).map_err(|e| StartupError::Redis(e.to_string()))?;
-    let conn = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .map_err(|e| StartupError::Redis(e.to_string()))?;
+fn connect_redis(settings: &Settings, keys: &Arc<KeyRing>) -> Result<(), StartupError> {
+    let Some((client, conn)) = redis_connection(settings)? else { return Ok(()) };
     keys.set_events(Arc::new(RedisKeyEvents::new(conn)));
     actix_web::rt::spawn(follow_key_changes(client, Arc::clone(keys)));
     Ok(())
+}
+
+/// Keeps the revocation mirror whole (re-publishing after a Redis loss) and prunes expired
+/// revocations and refresh tokens from the database.
+pub async fn revocation_duty(state: AppState) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        ticker.tick().await;
+        if let Err(e) = state.revocations.maintain().await {
+            tracing::warn!(error = %e, "revocation mirror upkeep failed; will retry");
+        }
+        ticks += 1;
+        if ticks % 300 == 0 {
+            let t = crate::domain::now();
+            if let Err(e) = state.db.run(move |c| crate::store::sessions::prune(c, t)).await {
+                tracing::warn!(error = %e, "pruning expired revocations failed");
+            }
+        }
+    }
 }
 
 /// A bound, not yet running server.
@@ -252,8 +298,9 @@ impl Application {
         let reload_every = settings.keys.reload_interval;
         let redis_settings = settings.clone();
         let state = build_state(settings).await?;
-        connect_redis(&redis_settings, &state.keys).await?;
+        connect_redis(&redis_settings, &state.keys)?;
         actix_web::rt::spawn(key_duty(Arc::clone(&state.keys), reload_every));
+        actix_web::rt::spawn(revocation_duty(state.clone()));
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(workers)
             .bind(bind)

@@ -274,7 +274,7 @@ async fn login_returns_an_rfc6749_token_response_with_a_verifiable_access_token(
         let body = r.json();
         assert_eq!(body["token_type"], "Bearer");
         assert_eq!(body["expires_in"], 900);
-        assert!(body.get("refresh_token").is_none());
+        assert!(body["refresh_token"].as_str().unwrap().starts_with("tsr_"));
         let token = body["access_token"].as_str().unwrap();
 
         let header = jsonwebtoken::decode_header(token).unwrap();
@@ -293,6 +293,7 @@ async fn login_returns_an_rfc6749_token_response_with_a_verifiable_access_token(
         assert_eq!(claims.nbf, claims.iat);
         assert!(!claims.jti.is_empty());
         assert!(claims.roles.is_empty());
+        assert!(claims.sid.is_some(), "access tokens name their session");
 
         let id2 = id.clone();
         let events = ctx
@@ -537,7 +538,7 @@ async fn health_and_readiness_report_their_checks() {
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json(),
-            json!({"status": "ready", "checks": {"database": "ok", "signing_key": "ok"}})
+            json!({"status": "ready", "checks": {"database": "ok", "signing_key": "ok", "revocation_list": "memory"}})
         );
     }
 }

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{resource, AppState};
+use crate::limits::MirrorState;
 
 /// Longest a readiness probe waits for the database.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,9 +40,17 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "missing"
     };
     let ready = database == "ok" && signing_key == "ok";
+    // Redis trouble degrades (checks fall back to the database) but does not unready.
+    let revocations = state.revocations.state();
+    let degraded = matches!(revocations, MirrorState::Unavailable | MirrorState::Rebuilding);
+    let status = match (ready, degraded) {
+        (false, _) => "unavailable",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
     let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "database": database, "signing_key": signing_key },
+        "status": status,
+        "checks": { "database": database, "signing_key": signing_key, "revocation_list": revocations.as_str() },
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -1,7 +1,6 @@
 //! `POST /v1/login`: password login, answered with an RFC 6749 §5.1 token response.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use super::body::Fields;
 use super::extract::peer_ip;
@@ -25,13 +24,6 @@ async fn login(
         .accounts
         .login(&email, &password, peer_ip(&req))
         .await?;
-    Ok(HttpResponse::Ok()
-        // RFC 6749 §5.1: token responses must not be cached.
-        .insert_header(("Cache-Control", "no-store"))
-        .insert_header(("Pragma", "no-cache"))
-        .json(json!({
-            "access_token": grant.access_token,
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in,
-        })))
+    // RFC 6749 §5.1 token response, `Cache-Control: no-store`.
+    Ok(super::token::token_response(&req, &state.settings, grant))
 }

@@ -117,3 +117,26 @@ pub fn security_headers(settings: &Settings) -> DefaultHeaders {
     }
     headers
 }
+
+/// CORS for the configured frontend origins only (DESIGN §7), with credentials so the
+/// refresh cookie can travel. Requests from other origins are served without CORS headers
+/// (the browser then withholds the response); server-to-server calls are unaffected.
+pub fn cors(settings: &Settings) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(super::token::CSRF_HEADER),
+            HeaderName::from_static(REQUEST_ID_HEADER),
+        ])
+        .expose_headers([HeaderName::from_static(REQUEST_ID_HEADER), header::RETRY_AFTER])
+        .supports_credentials()
+        .max_age(600)
+        .block_on_origin_mismatch(false);
+    for origin in settings.cors.origins() {
+        cors = cors.allowed_origin(&origin);
+    }
+    cors
+}

@@ -7,6 +7,7 @@ mod extract;
 mod health;
 mod login;
 mod me;
+mod token;
 pub mod middleware;
 mod users;
 mod wellknown;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub accounts: Accounts,
     pub keys: Arc<KeyRing>,
     pub db: Db,
+    pub revocations: Arc<crate::limits::Revocations>,
     pub settings: Arc<Settings>,
 }
 
@@ -46,6 +48,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .configure(admin::configure)
             .configure(login::configure)
             .configure(me::configure)
+            .configure(token::configure)
             .configure(wellknown::configure)
             .configure(health::configure);
     }
@@ -65,9 +68,11 @@ pub fn app(
     >,
 > {
     let headers = middleware::security_headers(&state.settings);
+    let cors = middleware::cors(&state.settings);
     App::new()
         .configure(configure(state))
         .default_service(web::to(not_found))
+        .wrap(cors)
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
         .wrap(headers)
 }

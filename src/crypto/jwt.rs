@@ -31,6 +31,9 @@ pub struct AccessClaims {
     pub iat: i64,
     pub nbf: i64,
     pub jti: String,
+    /// The session (refresh-token family) the token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +294,7 @@ mod tests {
             iat: now,
             nbf: now,
             jti: "j1".into(),
+            sid: Some("s1".into()),
             roles: vec!["admin".into()],
             scope: None,
         }

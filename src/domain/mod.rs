@@ -4,10 +4,12 @@
 
 mod email;
 mod password;
+mod refresh;
 mod role;
 
 pub use email::{Email, EmailError};
 pub use password::{Password, PasswordPolicy, PasswordProblem};
+pub use refresh::{NotARefreshToken, RefreshToken, REFRESH_PREFIX};
 pub use role::{Role, RoleError};
 
 /// Seconds since the Unix epoch. Instants are stored as BIGINT seconds so that SQLite and

@@ -13,6 +13,13 @@ use crate::store::users::{self, UserRecord};
 use crate::store::{Db, StoreError};
 
 use super::keyring::KeyRing;
+use crate::domain::RefreshToken;
+use crate::limits::Revocations;
+use crate::store::sessions::{self as session_store, RefreshRecord, SessionRecord};
+
+pub(super) fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
 
 /// One invalid field, as reported to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +41,8 @@ pub enum AccountError {
     InvalidCredentials,
     #[error("token no longer valid")]
     TokenRevoked,
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
     #[error("password hashing is saturated")]
     Overloaded,
     #[error("dependency unavailable: {0}")]
@@ -73,11 +82,14 @@ pub struct NewAccount {
     pub created_at: UnixTime,
 }
 
-/// An issued access token (refresh tokens arrive with sessions).
-#[derive(Debug, Clone)]
+/// What a login or a refresh hands out: an access token and the session's next refresh
+/// token (shown once; only its hash is stored).
+#[derive(Debug)]
 pub struct TokenGrant {
     pub access_token: String,
     pub expires_in: u64,
+    pub refresh_token: RefreshToken,
+    pub session_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -98,11 +110,25 @@ pub struct TokenPolicy {
 
 #[derive(Clone)]
 pub struct Accounts {
-    db: Db,
-    hasher: Hasher,
-    keys: Arc<KeyRing>,
-    policy: PasswordPolicy,
-    tokens: TokenPolicy,
+    pub(super) db: Db,
+    pub(super) hasher: Hasher,
+    pub(super) keys: Arc<KeyRing>,
+    pub(super) policy: PasswordPolicy,
+    pub(super) tokens: TokenPolicy,
+    pub(super) sessions: SessionPolicy,
+    pub(super) revocations: Arc<Revocations>,
+}
+
+/// Refresh-token lifetimes (DESIGN §4).
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    /// A refresh token unused this long expires (each refresh starts a new period).
+    pub idle_ttl: Duration,
+    /// No session outlives this, however often it refreshes.
+    pub absolute_ttl: Duration,
+    /// A rotated token presented again within this window (two tabs refreshing at once) is
+    /// refused without revoking the family.
+    pub reuse_grace: Duration,
 }
 
 impl Accounts {
@@ -112,6 +138,8 @@ impl Accounts {
         keys: Arc<KeyRing>,
         policy: PasswordPolicy,
         tokens: TokenPolicy,
+        sessions: SessionPolicy,
+        revocations: Arc<Revocations>,
     ) -> Accounts {
         Accounts {
             db,
@@ -119,6 +147,8 @@ impl Accounts {
             keys,
             policy,
             tokens,
+            sessions,
+            revocations,
         }
     }
 
@@ -237,18 +267,43 @@ impl Accounts {
         if verified.needs_rehash {
             self.rehash(&user.id, &password).await;
         }
-        let user_id = user.id.clone();
-        let roles = self.db.run(move |c| users::roles(c, &user_id)).await?;
-        let grant = self.issue(&user.id, roles)?;
+        let refresh = RefreshToken::generate().map_err(|e| AccountError::Internal(e.to_string()))?;
+        let t = self.keys.now();
+        let session = SessionRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: user.id.clone(),
+            created_at: t,
+            last_used_at: t,
+            expires_at: t + secs(self.sessions.absolute_ttl),
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        let stored = RefreshRecord {
+            token_hash: refresh.hash(),
+            session_id: session.id.clone(),
+            created_at: t,
+            expires_at: (t + secs(self.sessions.idle_ttl)).min(session.expires_at),
+            used_at: None,
+        };
         let event = AuditEvent {
             kind: AuditKind::LoginSucceeded,
-            at: now(),
+            at: t,
             actor: Some(user.id.clone()),
             subject: Some(user.id.clone()),
             ip,
-            detail: None,
+            detail: Some(format!("session {}", session.id)),
         };
-        self.db.run(move |c| audit::record(c, &event)).await?;
+        let (user_id, sid) = (user.id.clone(), session.id.clone());
+        let roles = self
+            .db
+            .transaction(move |c| {
+                session_store::create_session(c, &session)?;
+                session_store::insert_refresh(c, &stored)?;
+                audit::record(c, &event)?;
+                users::roles(c, &user_id)
+            })
+            .await?;
+        let grant = self.issue(&user.id, &sid, roles, refresh)?;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(grant)
     }
@@ -289,7 +344,7 @@ impl Accounts {
         }
     }
 
-    fn issue(&self, subject: &str, roles: Vec<String>) -> Result<TokenGrant, AccountError> {
+    pub(super) fn issue(&self, subject: &str, sid: &str, roles: Vec<String>, refresh_token: RefreshToken) -> Result<TokenGrant, AccountError> {
         // One instant for both the choice of key and the token's times, so tokens issued in
         // the same second by any replica carry the same kid.
         let t = self.keys.now();
@@ -306,6 +361,7 @@ impl Accounts {
             iat: t,
             nbf: t,
             jti: uuid::Uuid::new_v4().to_string(),
+            sid: Some(sid.to_owned()),
             roles,
             scope: None,
         };
@@ -315,27 +371,38 @@ impl Accounts {
         Ok(TokenGrant {
             access_token,
             expires_in: ttl,
+            refresh_token,
+            session_id: sid.to_owned(),
         })
     }
 
     /// The caller's profile. This is an online check: a token of a user that is gone,
     /// disabled or marked "tokens before T invalid" is refused even though it verifies.
     pub async fn profile(&self, claims: &AccessClaims) -> Result<Profile, AccountError> {
-        let id = claims.sub.clone();
+        // The revocation list first (one Redis round trip, or the database when Redis is
+        // down or has lost its data), then the account and session rows.
+        if self.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat).await? {
+            return Err(AccountError::TokenRevoked);
+        }
+        let (id, sid) = (claims.sub.clone(), claims.sid.clone());
         let found = self
             .db
             .run(move |c| {
                 let Some(user) = users::find(c, &id)? else {
                     return Ok(None);
                 };
+                let session_live = match &sid {
+                    Some(sid) => session_store::find_session(c, sid)?.is_some_and(|s| s.revoked_at.is_none()),
+                    None => true,
+                };
                 let roles = users::roles(c, &id)?;
-                Ok(Some((user, roles)))
+                Ok(Some((user, roles, session_live)))
             })
             .await?;
-        let Some((user, roles)) = found else {
+        let Some((user, roles, session_live)) = found else {
             return Err(AccountError::TokenRevoked);
         };
-        if user.disabled || user.tokens_valid_after.is_some_and(|t| claims.iat < t) {
+        if user.disabled || !session_live || user.tokens_valid_after.is_some_and(|t| claims.iat < t) {
             return Err(AccountError::TokenRevoked);
         }
         Ok(Profile {
@@ -408,7 +475,7 @@ fn email_code(e: &EmailError) -> &'static str {
     }
 }
 
-fn password_code(p: &PasswordProblem) -> &'static str {
+pub(super) fn password_code(p: &PasswordProblem) -> &'static str {
     match p {
         PasswordProblem::TooShort(_) => "too_short",
         PasswordProblem::TooLong => "too_long",

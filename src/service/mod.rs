@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod keyring;
+pub mod sessions;
 
 pub use accounts::{AccountError, Accounts, FieldError, NewAccount, Profile, TokenGrant};
 pub use keyring::{KeyRing, KeyRingError, KeySet};

@@ -18,6 +18,9 @@ pub enum AuditKind {
     KeyRevoked,
     KeyRemoved,
     KeyRewrapped,
+    RefreshReuse,
+    Logout,
+    PasswordChanged,
 }
 
 impl AuditKind {
@@ -32,6 +35,9 @@ impl AuditKind {
             AuditKind::KeyRevoked => "key_revoked",
             AuditKind::KeyRemoved => "key_removed",
             AuditKind::KeyRewrapped => "key_rewrapped",
+            AuditKind::RefreshReuse => "refresh_reuse",
+            AuditKind::Logout => "logout",
+            AuditKind::PasswordChanged => "password_changed",
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod keys;
 mod schema;
+pub mod sessions;
 pub mod users;
 
 use std::path::PathBuf;
