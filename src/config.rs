@@ -108,7 +108,10 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings { url: None, key_prefix: "tessera:".into() }
+        RedisSettings {
+            url: None,
+            key_prefix: "tessera:".into(),
+        }
     }
 }
 
@@ -152,7 +155,11 @@ pub struct CookieSettings {
 
 impl Default for CookieSettings {
     fn default() -> Self {
-        CookieSettings { refresh_cookie: false, name: "tessera_refresh".into(), path: "/v1/token".into() }
+        CookieSettings {
+            refresh_cookie: false,
+            name: "tessera_refresh".into(),
+            path: "/v1/token".into(),
+        }
     }
 }
 
@@ -166,7 +173,11 @@ pub struct CorsSettings {
 
 impl CorsSettings {
     pub fn origins(&self) -> Vec<String> {
-        self.allowed_origins.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
+        self.allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
     }
 }
 
@@ -393,22 +404,45 @@ impl Settings {
             ));
         }
         for origin in self.cors.origins() {
-            let ok = url::Url::parse(&origin).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none());
+            let ok = url::Url::parse(&origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none()
+            });
             if !ok {
-                return Err(invalid("cors.allowed_origins", format!("{origin} is not an origin like https://app.example.com")));
+                return Err(invalid(
+                    "cors.allowed_origins",
+                    format!("{origin} is not an origin like https://app.example.com"),
+                ));
             }
         }
-        if self.sessions.refresh_absolute_ttl < self.sessions.refresh_idle_ttl.min(Duration::from_secs(60)) {
-            return Err(invalid("sessions.refresh_absolute_ttl", "must be at least 1m"));
+        if self.sessions.refresh_absolute_ttl
+            < self.sessions.refresh_idle_ttl.min(Duration::from_secs(60))
+        {
+            return Err(invalid(
+                "sessions.refresh_absolute_ttl",
+                "must be at least 1m",
+            ));
         }
         if self.sessions.reuse_grace > Duration::from_secs(60) {
             return Err(invalid("sessions.reuse_grace", "must be at most 1m"));
         }
-        if !self.cookies.path.starts_with('/') || self.cookies.name.is_empty() || !self.cookies.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(invalid("cookies.name", "cookies.name must be a plain token and cookies.path must start with /"));
+        if !self.cookies.path.starts_with('/')
+            || self.cookies.name.is_empty()
+            || !self
+                .cookies
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "cookies.name",
+                "cookies.name must be a plain token and cookies.path must start with /",
+            ));
         }
         if self.cookies.refresh_cookie && self.cors.origins().is_empty() {
-            return Err(invalid("cookies.refresh_cookie", "needs cors.allowed_origins: the cookie is only for listed browser origins"));
+            return Err(invalid(
+                "cookies.refresh_cookie",
+                "needs cors.allowed_origins: the cookie is only for listed browser origins",
+            ));
         }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {

@@ -91,7 +91,11 @@ impl ApiError {
                 "invalid_token",
                 "The access token is invalid, expired or revoked",
             ),
-            ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant", "The grant is invalid"),
+            ApiError::InvalidGrant(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "The grant is invalid",
+            ),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -286,12 +290,36 @@ impl OAuthError {
         match self {
             OAuthError::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", why),
             OAuthError::InvalidGrant(why) => (StatusCode::BAD_REQUEST, "invalid_grant", why),
-            OAuthError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be refresh_token"),
-            OAuthError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", "the body must be application/x-www-form-urlencoded"),
-            OAuthError::CrossSite => (StatusCode::FORBIDDEN, "invalid_request", "a cookie refresh needs an allowed Origin and the X-Tessera-CSRF header"),
-            OAuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body exceeds 64 KiB"),
-            OAuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "retry shortly"),
-            OAuthError::Server => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; quote the X-Request-Id header"),
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be refresh_token",
+            ),
+            OAuthError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded",
+            ),
+            OAuthError::CrossSite => (
+                StatusCode::FORBIDDEN,
+                "invalid_request",
+                "a cookie refresh needs an allowed Origin and the X-Tessera-CSRF header",
+            ),
+            OAuthError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "the request body exceeds 64 KiB",
+            ),
+            OAuthError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "retry shortly",
+            ),
+            OAuthError::Server => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error; quote the X-Request-Id header",
+            ),
         }
     }
 }
@@ -306,7 +334,10 @@ impl ResponseError for OAuthError {
         let mut res = HttpResponse::build(status);
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         if matches!(self, OAuthError::Unavailable) {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS)));
+            res.insert_header((
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            ));
         }
         res.json(json!({"error": error, "error_description": description}))
     }
@@ -320,8 +351,12 @@ impl From<AccountError> for OAuthError {
                 tracing::warn!(cause = %e, "token endpoint degraded");
                 OAuthError::Unavailable
             }
-            AccountError::TokenRevoked | AccountError::InvalidCredentials => OAuthError::InvalidGrant("the grant is invalid"),
-            AccountError::Invalid(_) | AccountError::EmailTaken => OAuthError::InvalidRequest("the request is invalid"),
+            AccountError::TokenRevoked | AccountError::InvalidCredentials => {
+                OAuthError::InvalidGrant("the grant is invalid")
+            }
+            AccountError::Invalid(_) | AccountError::EmailTaken => {
+                OAuthError::InvalidRequest("the request is invalid")
+            }
             AccountError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 OAuthError::Server

@@ -21,10 +21,10 @@ use crate::domain::{Clock, PasswordPolicy, SystemClock};
 use crate::limits::redis::RedisMirror;
 use crate::limits::Revocations;
 use crate::service::accounts::{SessionPolicy, TokenPolicy};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::service::keyring::KeyPolicy;
 use crate::service::{Accounts, KeyRing, KeyRingError};
 use crate::store::{self, Db, StoreError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// Why the service could not start; each names what to fix and never prints a secret.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +179,11 @@ pub async fn build_state_with_clock(
     let (db, keys) = open_key_ring(&settings, clock).await?;
     let retain = i64::try_from(settings.retire_grace().as_secs()).unwrap_or(i64::MAX / 4);
     let revocations = match redis_connection(&settings)? {
-        Some((_, conn)) => Revocations::with_redis(db.clone(), RedisMirror::new(conn, &settings.redis.key_prefix), retain),
+        Some((_, conn)) => Revocations::with_redis(
+            db.clone(),
+            RedisMirror::new(conn, &settings.redis.key_prefix),
+            retain,
+        ),
         None => Revocations::in_memory(db.clone(), retain),
     };
     revocations.warm().await?;
@@ -241,9 +245,14 @@ pub async fn key_duty(ring: Arc<KeyRing>, every: Duration) {
 
 /// A Redis client and a reconnecting connection, when `redis.url` is set. The connection
 /// is lazy: Tessera starts (degraded, on its database) while Redis is down.
-pub fn redis_connection(settings: &Settings) -> Result<Option<(redis::Client, ConnectionManager)>, StartupError> {
-    let Some(url) = &settings.redis.url else { return Ok(None) };
-    let client = redis::Client::open(url.as_str()).map_err(|e| StartupError::Redis(e.to_string()))?;
+pub fn redis_connection(
+    settings: &Settings,
+) -> Result<Option<(redis::Client, ConnectionManager)>, StartupError> {
+    let Some(url) = &settings.redis.url else {
+        return Ok(None);
+    };
+    let client =
+        redis::Client::open(url.as_str()).map_err(|e| StartupError::Redis(e.to_string()))?;
     // Short timeouts: a Redis that does not answer must cost a request milliseconds, not
     // seconds, before the database answers instead.
     let config = ConnectionManagerConfig::new()
@@ -251,13 +260,16 @@ pub fn redis_connection(settings: &Settings) -> Result<Option<(redis::Client, Co
         .set_response_timeout(Some(Duration::from_millis(500)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| StartupError::Redis(e.to_string()))?;
+    let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .map_err(|e| StartupError::Redis(e.to_string()))?;
     Ok(Some((client, conn)))
 }
 
 /// Connects Redis (when configured) for key-change announcements.
 fn connect_redis(settings: &Settings, keys: &Arc<KeyRing>) -> Result<(), StartupError> {
-    let Some((client, conn)) = redis_connection(settings)? else { return Ok(()) };
+    let Some((client, conn)) = redis_connection(settings)? else {
+        return Ok(());
+    };
     keys.set_events(Arc::new(RedisKeyEvents::new(conn)));
     actix_web::rt::spawn(follow_key_changes(client, Arc::clone(keys)));
     Ok(())
@@ -275,9 +287,13 @@ pub async fn revocation_duty(state: AppState) {
             tracing::warn!(error = %e, "revocation mirror upkeep failed; will retry");
         }
         ticks += 1;
-        if ticks % 300 == 0 {
+        if ticks.is_multiple_of(300) {
             let t = crate::domain::now();
-            if let Err(e) = state.db.run(move |c| crate::store::sessions::prune(c, t)).await {
+            if let Err(e) = state
+                .db
+                .run(move |c| crate::store::sessions::prune(c, t))
+                .await
+            {
                 tracing::warn!(error = %e, "pruning expired revocations failed");
             }
         }

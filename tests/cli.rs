@@ -142,7 +142,7 @@ fn migrate_then_grant_role_makes_the_first_admin_without_http() {
         let env = [("TESSERA__DATABASE__URL", url.as_str())];
         let out = tessera(db.dir.path(), &["migrate"], &env);
         assert!(out.status.success(), "{}", text(&out));
-        assert!(text(&out).contains("applied 2 migration"), "{}", text(&out));
+        assert!(text(&out).contains("applied 3 migration"), "{}", text(&out));
         let out = tessera(db.dir.path(), &["migrate"], &env);
         assert!(text(&out).contains("applied 0 migration"), "{}", text(&out));
 

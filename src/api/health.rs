@@ -42,7 +42,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let ready = database == "ok" && signing_key == "ok";
     // Redis trouble degrades (checks fall back to the database) but does not unready.
     let revocations = state.revocations.state();
-    let degraded = matches!(revocations, MirrorState::Unavailable | MirrorState::Rebuilding);
+    let degraded = matches!(
+        revocations,
+        MirrorState::Unavailable | MirrorState::Rebuilding
+    );
     let status = match (ready, degraded) {
         (false, _) => "unavailable",
         (true, true) => "degraded",

@@ -48,7 +48,10 @@ pub async fn request_context(
         .map_into_boxed_body();
     // Errors raised by the framework itself (a body over the limit for a raw-bytes
     // extractor, an unreadable path segment) become problem+json like ours.
-    if res.response().error().is_some() && !is_problem(&res) {
+    let foreign_error = res.response().error().is_some_and(|e| {
+        e.as_error::<ApiError>().is_none() && e.as_error::<crate::error::OAuthError>().is_none()
+    });
+    if foreign_error && !is_problem(&res) {
         let api = match res.status().as_u16() {
             413 => ApiError::PayloadTooLarge,
             415 => ApiError::UnsupportedMediaType,
@@ -131,7 +134,10 @@ pub fn cors(settings: &Settings) -> actix_cors::Cors {
             HeaderName::from_static(super::token::CSRF_HEADER),
             HeaderName::from_static(REQUEST_ID_HEADER),
         ])
-        .expose_headers([HeaderName::from_static(REQUEST_ID_HEADER), header::RETRY_AFTER])
+        .expose_headers([
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            header::RETRY_AFTER,
+        ])
         .supports_credentials()
         .max_age(600)
         .block_on_origin_mismatch(false);

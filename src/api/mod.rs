@@ -7,8 +7,8 @@ mod extract;
 mod health;
 mod login;
 mod me;
-mod token;
 pub mod middleware;
+mod token;
 mod users;
 mod wellknown;
 

@@ -55,15 +55,21 @@ fn refresh_cookie(settings: &Settings, value: String, max_age: i64) -> Cookie<'s
 /// in the cookie.
 pub fn token_response(req: &HttpRequest, settings: &Settings, grant: TokenGrant) -> HttpResponse {
     let mut res = HttpResponse::Ok();
-    res.insert_header((header::CACHE_CONTROL, "no-store")).insert_header((header::PRAGMA, "no-cache"));
+    res.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
     let mut body = json!({
         "access_token": grant.access_token,
         "token_type": "Bearer",
         "expires_in": grant.expires_in,
     });
     if browser_origin(req, settings) {
-        let max_age = i64::try_from(settings.sessions.refresh_absolute_ttl.as_secs()).unwrap_or(i64::MAX);
-        res.cookie(refresh_cookie(settings, grant.refresh_token.expose().to_owned(), max_age));
+        let max_age =
+            i64::try_from(settings.sessions.refresh_absolute_ttl.as_secs()).unwrap_or(i64::MAX);
+        res.cookie(refresh_cookie(
+            settings,
+            grant.refresh_token.expose().to_owned(),
+            max_age,
+        ));
     } else {
         body["refresh_token"] = json!(grant.refresh_token.expose());
     }
@@ -94,7 +100,11 @@ fn form(req: &HttpRequest, body: &[u8]) -> Result<HashMap<String, String>, OAuth
     Ok(params)
 }
 
-async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, OAuthError> {
+async fn token(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, OAuthError> {
     let settings = &state.settings;
     let params = form(&req, &body)?;
     match params.get("grant_type").map(String::as_str) {
@@ -102,7 +112,10 @@ async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -
         Some(_) => return Err(OAuthError::UnsupportedGrantType),
         None => return Err(OAuthError::InvalidRequest("grant_type is required")),
     }
-    let from_cookie = req.cookie(&settings.cookies.name).map(|c| c.value().to_owned()).filter(|v| !v.is_empty());
+    let from_cookie = req
+        .cookie(&settings.cookies.name)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty());
     let (presented, by_cookie) = match (params.get("refresh_token"), from_cookie) {
         (Some(t), _) => (t.clone(), false),
         (None, Some(c)) if settings.cookies.refresh_cookie => (c, true),
@@ -126,11 +139,20 @@ async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -
     }
 }
 
-async fn revoke(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, OAuthError> {
+async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, OAuthError> {
     let params = form(&req, &body)?;
-    let token = params.get("token").filter(|t| !t.is_empty()).ok_or(OAuthError::InvalidRequest("token is required"))?;
+    let token = params
+        .get("token")
+        .filter(|t| !t.is_empty())
+        .ok_or(OAuthError::InvalidRequest("token is required"))?;
     state.accounts.revoke(token).await?;
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
 }
 
 #[derive(serde::Deserialize)]
@@ -139,18 +161,29 @@ struct LogoutQuery {
     everywhere: bool,
 }
 
-async fn logout(auth: Authenticated, state: web::Data<AppState>, query: web::Query<LogoutQuery>) -> Result<HttpResponse, ApiError> {
+async fn logout(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    query: web::Query<LogoutQuery>,
+) -> Result<HttpResponse, ApiError> {
     state.accounts.logout(&auth.0, query.everywhere).await?;
     let mut res = HttpResponse::NoContent().finish();
     clear_cookie(&mut res, &state.settings);
     Ok(res)
 }
 
-async fn change_password(auth: Authenticated, state: web::Data<AppState>, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
+async fn change_password(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
     let mut fields = Fields::new(body.into_inner())?;
     let current = zeroize::Zeroizing::new(fields.string("current_password"));
     let new = zeroize::Zeroizing::new(fields.string("new_password"));
     fields.finish()?;
-    state.accounts.change_password(&auth.0, &current, &new).await?;
+    state
+        .accounts
+        .change_password(&auth.0, &current, &new)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }

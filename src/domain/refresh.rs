@@ -22,14 +22,23 @@ pub struct NotARefreshToken;
 impl RefreshToken {
     pub fn generate() -> Result<RefreshToken, NotARefreshToken> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(bytes.as_mut()).map_err(|_| NotARefreshToken)?;
-        Ok(RefreshToken(Zeroizing::new(format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes.as_ref())))))
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| NotARefreshToken)?;
+        Ok(RefreshToken(Zeroizing::new(format!(
+            "{REFRESH_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(bytes.as_ref())
+        ))))
     }
 
     /// Accepts only the exact shape we issue, so garbage never reaches the database.
     pub fn parse(raw: &str) -> Result<RefreshToken, NotARefreshToken> {
         let body = raw.strip_prefix(REFRESH_PREFIX).ok_or(NotARefreshToken)?;
-        if body.len() != BODY_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if body.len() != BODY_LEN
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(NotARefreshToken);
         }
         Ok(RefreshToken(Zeroizing::new(raw.to_owned())))
@@ -37,7 +46,11 @@ impl RefreshToken {
 
     /// The stored form: lowercase hex SHA-256 of the whole token.
     pub fn hash(&self) -> String {
-        digest::digest(&digest::SHA256, self.0.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        digest::digest(&digest::SHA256, self.0.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub fn expose(&self) -> &str {
@@ -71,7 +84,15 @@ mod tests {
     fn malformed_truncated_and_foreign_tokens_are_refused() {
         let t = RefreshToken::generate().unwrap();
         let s = t.expose();
-        for bad in [&s[..s.len() - 1], &format!("ghp_{}", &s[4..]), &format!("{s}A"), "", "tsr_", &"tsr_".repeat(1000), &format!("tsr_{}/", &s[4..s.len() - 1])] {
+        for bad in [
+            &s[..s.len() - 1],
+            &format!("ghp_{}", &s[4..]),
+            &format!("{s}A"),
+            "",
+            "tsr_",
+            &"tsr_".repeat(1000),
+            &format!("tsr_{}/", &s[4..s.len() - 1]),
+        ] {
             assert!(RefreshToken::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -67,11 +67,19 @@ impl std::fmt::Debug for Revocations {
 
 impl Revocations {
     pub fn in_memory(db: Db, retain: i64) -> Arc<Revocations> {
-        Arc::new(Revocations { db, mirror: Mirror::Memory(memory::MemoryMirror::default()), retain })
+        Arc::new(Revocations {
+            db,
+            mirror: Mirror::Memory(memory::MemoryMirror::default()),
+            retain,
+        })
     }
 
     pub fn with_redis(db: Db, mirror: redis::RedisMirror, retain: i64) -> Arc<Revocations> {
-        Arc::new(Revocations { db, mirror: Mirror::Redis(mirror), retain })
+        Arc::new(Revocations {
+            db,
+            mirror: Mirror::Redis(mirror),
+            retain,
+        })
     }
 
     pub fn state(&self) -> MirrorState {
@@ -82,9 +90,16 @@ impl Revocations {
     }
 
     /// Revokes one access token until it expires: durably first, then in the mirror.
-    pub async fn revoke_token(&self, jti: &str, user_id: &str, expires_at: UnixTime) -> Result<(), StoreError> {
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        user_id: &str,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
         let (j, u, t) = (jti.to_owned(), user_id.to_owned(), now());
-        self.db.run(move |c| session_store::revoke_jti(c, &j, &u, expires_at, t)).await?;
+        self.db
+            .run(move |c| session_store::revoke_jti(c, &j, &u, expires_at, t))
+            .await?;
         match &self.mirror {
             Mirror::Memory(m) => m.insert(jti, expires_at),
             Mirror::Redis(r) => r.put_token(jti, expires_at - t).await,
@@ -95,7 +110,10 @@ impl Revocations {
     /// Invalidates every token of `user_id` issued before `at`; returns the mark in force.
     pub async fn mark_user(&self, user_id: &str, at: UnixTime) -> Result<UnixTime, StoreError> {
         let u = user_id.to_owned();
-        let mark = self.db.run(move |c| session_store::mark_user(c, &u, at)).await?;
+        let mark = self
+            .db
+            .run(move |c| session_store::mark_user(c, &u, at))
+            .await?;
         if let Mirror::Redis(r) = &self.mirror {
             r.put_mark(user_id, mark, mark + self.retain - now()).await;
         }
@@ -103,7 +121,12 @@ impl Revocations {
     }
 
     /// Whether a token (by id, subject and issue time) has been revoked.
-    pub async fn is_revoked(&self, jti: &str, user_id: &str, iat: UnixTime) -> Result<bool, StoreError> {
+    pub async fn is_revoked(
+        &self,
+        jti: &str,
+        user_id: &str,
+        iat: UnixTime,
+    ) -> Result<bool, StoreError> {
         let answer = match &self.mirror {
             Mirror::Memory(m) => m.check(jti),
             Mirror::Redis(r) => r.check(jti, user_id, iat).await,
@@ -115,7 +138,12 @@ impl Revocations {
         }
     }
 
-    async fn check_database(&self, jti: &str, user_id: &str, iat: UnixTime) -> Result<bool, StoreError> {
+    async fn check_database(
+        &self,
+        jti: &str,
+        user_id: &str,
+        iat: UnixTime,
+    ) -> Result<bool, StoreError> {
         let (j, u) = (jti.to_owned(), user_id.to_owned());
         self.db
             .run(move |c| {
@@ -131,7 +159,9 @@ impl Revocations {
     /// Re-publishes every unexpired revocation from the database when the mirror lost data
     /// or missed writes; a no-op for the in-process mirror or a healthy Redis.
     pub async fn maintain(&self) -> Result<(), StoreError> {
-        let Mirror::Redis(r) = &self.mirror else { return Ok(()) };
+        let Mirror::Redis(r) = &self.mirror else {
+            return Ok(());
+        };
         if !r.needs_republish().await {
             return Ok(());
         }
@@ -139,7 +169,12 @@ impl Revocations {
         let since = t - self.retain;
         let (tokens, marks) = self
             .db
-            .run(move |c| Ok((session_store::unexpired_revocations(c, t)?, session_store::recent_user_marks(c, since)?)))
+            .run(move |c| {
+                Ok((
+                    session_store::unexpired_revocations(c, t)?,
+                    session_store::recent_user_marks(c, since)?,
+                ))
+            })
             .await?;
         r.republish(&tokens, &marks, t, self.retain).await;
         Ok(())
@@ -150,7 +185,10 @@ impl Revocations {
         match &self.mirror {
             Mirror::Memory(m) => {
                 let t = now();
-                let tokens = self.db.run(move |c| session_store::unexpired_revocations(c, t)).await?;
+                let tokens = self
+                    .db
+                    .run(move |c| session_store::unexpired_revocations(c, t))
+                    .await?;
                 for (jti, exp) in tokens {
                     m.insert(&jti, exp);
                 }

@@ -80,8 +80,11 @@ impl RedisMirror {
     pub async fn check(&self, jti: &str, user_id: &str, iat: UnixTime) -> Answer {
         let mut conn = self.conn.clone();
         let keys = [self.ready_key(), self.jti_key(jti), self.user_key(user_id)];
-        let got: Result<(Option<String>, Option<String>, Option<i64>), _> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
-        let Some((ready, token, mark)) = self.contact(got, "check") else { return Answer::Unknown };
+        let got: Result<(Option<String>, Option<String>, Option<i64>), _> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        let Some((ready, token, mark)) = self.contact(got, "check") else {
+            return Answer::Unknown;
+        };
         if ready.is_none() {
             if !self.lost.swap(true, Ordering::Relaxed) {
                 tracing::warn!("Redis has lost the revocation list (restart or flush): using the database until it is re-published");
@@ -100,7 +103,13 @@ impl RedisMirror {
             return;
         }
         let mut conn = self.conn.clone();
-        let r: Result<(), _> = redis::cmd("SET").arg(self.jti_key(jti)).arg("1").arg("EX").arg(ttl).query_async(&mut conn).await;
+        let r: Result<(), _> = redis::cmd("SET")
+            .arg(self.jti_key(jti))
+            .arg("1")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await;
         if self.contact(r, "write").is_none() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -116,7 +125,12 @@ impl RedisMirror {
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
              if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end return 1",
         );
-        let r: Result<i64, _> = script.key(self.user_key(user_id)).arg(mark).arg(ttl).invoke_async(&mut conn).await;
+        let r: Result<i64, _> = script
+            .key(self.user_key(user_id))
+            .arg(mark)
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await;
         if self.contact(r, "write").is_none() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -128,7 +142,10 @@ impl RedisMirror {
             return true;
         }
         let mut conn = self.conn.clone();
-        let r: Result<bool, _> = redis::cmd("EXISTS").arg(self.ready_key()).query_async(&mut conn).await;
+        let r: Result<bool, _> = redis::cmd("EXISTS")
+            .arg(self.ready_key())
+            .query_async(&mut conn)
+            .await;
         match self.contact(r, "probe") {
             Some(exists) => !exists,
             None => false,
@@ -136,17 +153,33 @@ impl RedisMirror {
     }
 
     /// Writes every entry, then the `ready` key, in one pipeline.
-    pub async fn republish(&self, tokens: &[(String, UnixTime)], marks: &[(String, UnixTime)], t: UnixTime, retain: i64) {
+    pub async fn republish(
+        &self,
+        tokens: &[(String, UnixTime)],
+        marks: &[(String, UnixTime)],
+        t: UnixTime,
+        retain: i64,
+    ) {
         let mut pipe = redis::pipe();
         for (jti, exp) in tokens {
             if exp - t > 0 {
-                pipe.cmd("SET").arg(self.jti_key(jti)).arg("1").arg("EX").arg(exp - t).ignore();
+                pipe.cmd("SET")
+                    .arg(self.jti_key(jti))
+                    .arg("1")
+                    .arg("EX")
+                    .arg(exp - t)
+                    .ignore();
             }
         }
         for (user, mark) in marks {
             let ttl = mark + retain - t;
             if ttl > 0 {
-                pipe.cmd("SET").arg(self.user_key(user)).arg(mark).arg("EX").arg(ttl).ignore();
+                pipe.cmd("SET")
+                    .arg(self.user_key(user))
+                    .arg(mark)
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore();
             }
         }
         pipe.cmd("SET").arg(self.ready_key()).arg(t).ignore();
@@ -155,7 +188,11 @@ impl RedisMirror {
         if self.contact(r, "republish").is_some() {
             self.dirty.store(false, Ordering::Relaxed);
             self.lost.store(false, Ordering::Relaxed);
-            tracing::info!(tokens = tokens.len(), user_marks = marks.len(), "revocation list re-published to Redis");
+            tracing::info!(
+                tokens = tokens.len(),
+                user_marks = marks.len(),
+                "revocation list re-published to Redis"
+            );
         }
     }
 }

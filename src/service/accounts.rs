@@ -267,7 +267,8 @@ impl Accounts {
         if verified.needs_rehash {
             self.rehash(&user.id, &password).await;
         }
-        let refresh = RefreshToken::generate().map_err(|e| AccountError::Internal(e.to_string()))?;
+        let refresh =
+            RefreshToken::generate().map_err(|e| AccountError::Internal(e.to_string()))?;
         let t = self.keys.now();
         let session = SessionRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -344,7 +345,13 @@ impl Accounts {
         }
     }
 
-    pub(super) fn issue(&self, subject: &str, sid: &str, roles: Vec<String>, refresh_token: RefreshToken) -> Result<TokenGrant, AccountError> {
+    pub(super) fn issue(
+        &self,
+        subject: &str,
+        sid: &str,
+        roles: Vec<String>,
+        refresh_token: RefreshToken,
+    ) -> Result<TokenGrant, AccountError> {
         // One instant for both the choice of key and the token's times, so tokens issued in
         // the same second by any replica carry the same kid.
         let t = self.keys.now();
@@ -381,28 +388,34 @@ impl Accounts {
     pub async fn profile(&self, claims: &AccessClaims) -> Result<Profile, AccountError> {
         // The revocation list first (one Redis round trip, or the database when Redis is
         // down or has lost its data), then the account and session rows.
-        if self.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat).await? {
+        if self
+            .revocations
+            .is_revoked(&claims.jti, &claims.sub, claims.iat)
+            .await?
+        {
             return Err(AccountError::TokenRevoked);
         }
         let (id, sid) = (claims.sub.clone(), claims.sid.clone());
-        let found = self
-            .db
-            .run(move |c| {
-                let Some(user) = users::find(c, &id)? else {
-                    return Ok(None);
-                };
-                let session_live = match &sid {
-                    Some(sid) => session_store::find_session(c, sid)?.is_some_and(|s| s.revoked_at.is_none()),
-                    None => true,
-                };
-                let roles = users::roles(c, &id)?;
-                Ok(Some((user, roles, session_live)))
-            })
-            .await?;
+        let found =
+            self.db
+                .run(move |c| {
+                    let Some(user) = users::find(c, &id)? else {
+                        return Ok(None);
+                    };
+                    let session_live = match &sid {
+                        Some(sid) => session_store::find_session(c, sid)?
+                            .is_some_and(|s| s.revoked_at.is_none()),
+                        None => true,
+                    };
+                    let roles = users::roles(c, &id)?;
+                    Ok(Some((user, roles, session_live)))
+                })
+                .await?;
         let Some((user, roles, session_live)) = found else {
             return Err(AccountError::TokenRevoked);
         };
-        if user.disabled || !session_live || user.tokens_valid_after.is_some_and(|t| claims.iat < t) {
+        if user.disabled || !session_live || user.tokens_valid_after.is_some_and(|t| claims.iat < t)
+        {
             return Err(AccountError::TokenRevoked);
         }
         Ok(Profile {

@@ -12,7 +12,12 @@ use super::accounts::{secs, AccountError, Accounts, FieldError, TokenGrant};
 
 /// What a refresh attempt found, decided inside one transaction.
 enum Refresh {
-    Rotated { user_id: String, sid: String, roles: Vec<String>, next: RefreshToken },
+    Rotated {
+        user_id: String,
+        sid: String,
+        roles: Vec<String>,
+        next: RefreshToken,
+    },
     /// A rotated token presented again after the grace window: the family was revoked.
     ReuseDetected,
     /// Presented again within the grace window, or lost a race: refused, family intact.
@@ -27,10 +32,14 @@ impl Accounts {
     /// one refusal.
     #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, presented: &str) -> Result<TokenGrant, AccountError> {
-        let token = RefreshToken::parse(presented).map_err(|_| AccountError::InvalidGrant("the refresh token is invalid"))?;
+        let token = RefreshToken::parse(presented)
+            .map_err(|_| AccountError::InvalidGrant("the refresh token is invalid"))?;
         let next = RefreshToken::generate().map_err(|e| AccountError::Internal(e.to_string()))?;
         let (hash, t) = (token.hash(), self.keys.now());
-        let (grace, idle) = (secs(self.sessions.reuse_grace), secs(self.sessions.idle_ttl));
+        let (grace, idle) = (
+            secs(self.sessions.reuse_grace),
+            secs(self.sessions.idle_ttl),
+        );
         let outcome = self
             .db
             .transaction(move |c| {
@@ -45,7 +54,17 @@ impl Accounts {
                         return Ok(Refresh::AlreadyUsed);
                     }
                     session_store::revoke_session(c, &session.id, t, "refresh_token_reuse")?;
-                    audit::record(c, &AuditEvent { kind: AuditKind::RefreshReuse, at: t, actor: None, subject: Some(session.user_id.clone()), ip: None, detail: Some(format!("session {} revoked", session.id)) })?;
+                    audit::record(
+                        c,
+                        &AuditEvent {
+                            kind: AuditKind::RefreshReuse,
+                            at: t,
+                            actor: None,
+                            subject: Some(session.user_id.clone()),
+                            ip: None,
+                            detail: Some(format!("session {} revoked", session.id)),
+                        },
+                    )?;
                     return Ok(Refresh::ReuseDetected);
                 }
                 if stored.expires_at <= t || session.expires_at <= t {
@@ -59,19 +78,42 @@ impl Accounts {
                 if !session_store::claim_refresh(c, &hash, t)? {
                     return Ok(Refresh::AlreadyUsed);
                 }
-                session_store::insert_refresh(c, &RefreshRecord { token_hash: next.hash(), session_id: session.id.clone(), created_at: t, expires_at: (t + idle).min(session.expires_at), used_at: None })?;
+                session_store::insert_refresh(
+                    c,
+                    &RefreshRecord {
+                        token_hash: next.hash(),
+                        session_id: session.id.clone(),
+                        created_at: t,
+                        expires_at: (t + idle).min(session.expires_at),
+                        used_at: None,
+                    },
+                )?;
                 session_store::touch_session(c, &session.id, t)?;
                 let roles = users::roles(c, &user.id)?;
-                Ok(Refresh::Rotated { user_id: user.id, sid: session.id, roles, next })
+                Ok(Refresh::Rotated {
+                    user_id: user.id,
+                    sid: session.id,
+                    roles,
+                    next,
+                })
             })
             .await?;
         match outcome {
-            Refresh::Rotated { user_id, sid, roles, next } => self.issue(&user_id, &sid, roles, next),
+            Refresh::Rotated {
+                user_id,
+                sid,
+                roles,
+                next,
+            } => self.issue(&user_id, &sid, roles, next),
             Refresh::ReuseDetected => {
                 tracing::warn!("refresh token reuse detected: session revoked");
-                Err(AccountError::InvalidGrant("the refresh token was already used; the session has been ended"))
+                Err(AccountError::InvalidGrant(
+                    "the refresh token was already used; the session has been ended",
+                ))
             }
-            Refresh::AlreadyUsed => Err(AccountError::InvalidGrant("the refresh token was already used")),
+            Refresh::AlreadyUsed => Err(AccountError::InvalidGrant(
+                "the refresh token was already used",
+            )),
             Refresh::Invalid(why) => Err(AccountError::InvalidGrant(why)),
         }
     }
@@ -79,9 +121,24 @@ impl Accounts {
     /// Ends the caller's session (its refresh family) and revokes the presented access
     /// token; `everywhere` ends every session of the user and invalidates every token
     /// issued until now.
-    pub async fn logout(&self, claims: &AccessClaims, everywhere: bool) -> Result<(), AccountError> {
+    pub async fn logout(
+        &self,
+        claims: &AccessClaims,
+        everywhere: bool,
+    ) -> Result<(), AccountError> {
         let (t, user_id, sid) = (self.keys.now(), claims.sub.clone(), claims.sid.clone());
-        let event = AuditEvent { kind: AuditKind::Logout, at: t, actor: Some(user_id.clone()), subject: Some(user_id.clone()), ip: None, detail: Some(if everywhere { "everywhere".into() } else { format!("session {}", sid.as_deref().unwrap_or("-")) }) };
+        let event = AuditEvent {
+            kind: AuditKind::Logout,
+            at: t,
+            actor: Some(user_id.clone()),
+            subject: Some(user_id.clone()),
+            ip: None,
+            detail: Some(if everywhere {
+                "everywhere".into()
+            } else {
+                format!("session {}", sid.as_deref().unwrap_or("-"))
+            }),
+        };
         let uid = user_id.clone();
         self.db
             .transaction(move |c| {
@@ -97,7 +154,9 @@ impl Accounts {
                 audit::record(c, &event)
             })
             .await?;
-        self.revocations.revoke_token(&claims.jti, &claims.sub, claims.exp).await?;
+        self.revocations
+            .revoke_token(&claims.jti, &claims.sub, claims.exp)
+            .await?;
         if everywhere {
             self.revocations.mark_user(&user_id, t).await?;
         }
@@ -113,7 +172,20 @@ impl Accounts {
                 .transaction(move |c| {
                     if let Some((_, session)) = session_store::find_refresh(c, &hash)? {
                         if session_store::revoke_session(c, &session.id, t, "revoked")? {
-                            audit::record(c, &AuditEvent { kind: AuditKind::Logout, at: t, actor: Some(session.user_id.clone()), subject: Some(session.user_id.clone()), ip: None, detail: Some(format!("session {} revoked (RFC 7009)", session.id)) })?;
+                            audit::record(
+                                c,
+                                &AuditEvent {
+                                    kind: AuditKind::Logout,
+                                    at: t,
+                                    actor: Some(session.user_id.clone()),
+                                    subject: Some(session.user_id.clone()),
+                                    ip: None,
+                                    detail: Some(format!(
+                                        "session {} revoked (RFC 7009)",
+                                        session.id
+                                    )),
+                                },
+                            )?;
                         }
                     }
                     Ok(())
@@ -123,7 +195,9 @@ impl Accounts {
         }
         // Only a token that verifies names a jti worth storing; anything else is ignored.
         if let Ok(claims) = self.keys.current().verifier().verify(token) {
-            self.revocations.revoke_token(&claims.jti, &claims.sub, claims.exp).await?;
+            self.revocations
+                .revoke_token(&claims.jti, &claims.sub, claims.exp)
+                .await?;
         }
         Ok(())
     }
@@ -131,19 +205,42 @@ impl Accounts {
     /// Changes the password after checking the current one; ends every other session and
     /// invalidates every access token issued before now (the caller refreshes for a new one).
     #[tracing::instrument(skip_all)]
-    pub async fn change_password(&self, claims: &AccessClaims, current: &str, new: &str) -> Result<(), AccountError> {
+    pub async fn change_password(
+        &self,
+        claims: &AccessClaims,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AccountError> {
         let profile = self.profile(claims).await?;
         let uid = profile.id.clone();
-        let stored = self.db.run(move |c| users::find(c, &uid)).await?.ok_or(AccountError::TokenRevoked)?;
-        let verified = self.hasher.verify(Password::normalize(current).expose(), Some(&stored.password_hash)).await?;
+        let stored = self
+            .db
+            .run(move |c| users::find(c, &uid))
+            .await?
+            .ok_or(AccountError::TokenRevoked)?;
+        let verified = self
+            .hasher
+            .verify(
+                Password::normalize(current).expose(),
+                Some(&stored.password_hash),
+            )
+            .await?;
         let mut errors = Vec::new();
         if !verified.matches {
-            errors.push(FieldError { field: "current_password", code: "incorrect", message: "is not the current password".into() });
+            errors.push(FieldError {
+                field: "current_password",
+                code: "incorrect",
+                message: "is not the current password".into(),
+            });
         }
         let new_password = match self.policy.check(new, Some(&profile.email)) {
             Ok(p) => Some(p),
             Err(problems) => {
-                errors.extend(problems.into_iter().map(|p| FieldError { field: "new_password", code: super::accounts::password_code(&p), message: p.to_string() }));
+                errors.extend(problems.into_iter().map(|p| FieldError {
+                    field: "new_password",
+                    code: super::accounts::password_code(&p),
+                    message: p.to_string(),
+                }));
                 None
             }
         };
@@ -152,12 +249,25 @@ impl Accounts {
         };
         let hash = self.hasher.hash(new_password.expose()).await?;
         let (t, uid, keep) = (self.keys.now(), profile.id.clone(), claims.sid.clone());
-        let event = AuditEvent { kind: AuditKind::PasswordChanged, at: t, actor: Some(uid.clone()), subject: Some(uid.clone()), ip: None, detail: None };
+        let event = AuditEvent {
+            kind: AuditKind::PasswordChanged,
+            at: t,
+            actor: Some(uid.clone()),
+            subject: Some(uid.clone()),
+            ip: None,
+            detail: None,
+        };
         let id = uid.clone();
         self.db
             .transaction(move |c| {
                 users::set_password_hash(c, &id, &hash, t)?;
-                session_store::revoke_user_sessions(c, &id, keep.as_deref(), t, "password_changed")?;
+                session_store::revoke_user_sessions(
+                    c,
+                    &id,
+                    keep.as_deref(),
+                    t,
+                    "password_changed",
+                )?;
                 audit::record(c, &event)
             })
             .await?;

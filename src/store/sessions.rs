@@ -31,17 +31,26 @@ pub struct RefreshRecord {
 }
 
 pub fn create_session(conn: &mut DbConnection, s: &SessionRecord) -> Result<(), StoreError> {
-    diesel::insert_into(sessions::table).values(s.clone()).execute(conn).map_err(db_error)?;
+    diesel::insert_into(sessions::table)
+        .values(s.clone())
+        .execute(conn)
+        .map_err(db_error)?;
     Ok(())
 }
 
 pub fn insert_refresh(conn: &mut DbConnection, r: &RefreshRecord) -> Result<(), StoreError> {
-    diesel::insert_into(refresh_tokens::table).values(r.clone()).execute(conn).map_err(db_error)?;
+    diesel::insert_into(refresh_tokens::table)
+        .values(r.clone())
+        .execute(conn)
+        .map_err(db_error)?;
     Ok(())
 }
 
 /// A refresh token and its session, by token hash.
-pub fn find_refresh(conn: &mut DbConnection, hash: &str) -> Result<Option<(RefreshRecord, SessionRecord)>, StoreError> {
+pub fn find_refresh(
+    conn: &mut DbConnection,
+    hash: &str,
+) -> Result<Option<(RefreshRecord, SessionRecord)>, StoreError> {
     refresh_tokens::table
         .inner_join(sessions::table)
         .filter(refresh_tokens::token_hash.eq(hash))
@@ -52,46 +61,94 @@ pub fn find_refresh(conn: &mut DbConnection, hash: &str) -> Result<Option<(Refre
 
 /// Marks a token used if nobody did first; false when another request won the race.
 pub fn claim_refresh(conn: &mut DbConnection, hash: &str, t: UnixTime) -> Result<bool, StoreError> {
-    let n = diesel::update(refresh_tokens::table.find(hash).filter(refresh_tokens::used_at.is_null()))
-        .set(refresh_tokens::used_at.eq(Some(t)))
-        .execute(conn)
-        .map_err(db_error)?;
+    let n = diesel::update(
+        refresh_tokens::table
+            .find(hash)
+            .filter(refresh_tokens::used_at.is_null()),
+    )
+    .set(refresh_tokens::used_at.eq(Some(t)))
+    .execute(conn)
+    .map_err(db_error)?;
     Ok(n == 1)
 }
 
 pub fn touch_session(conn: &mut DbConnection, id: &str, t: UnixTime) -> Result<(), StoreError> {
-    diesel::update(sessions::table.find(id)).set(sessions::last_used_at.eq(t)).execute(conn).map_err(db_error)?;
+    diesel::update(sessions::table.find(id))
+        .set(sessions::last_used_at.eq(t))
+        .execute(conn)
+        .map_err(db_error)?;
     Ok(())
 }
 
-pub fn find_session(conn: &mut DbConnection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-    sessions::table.find(id).first::<SessionRecord>(conn).optional().map_err(db_error)
+pub fn find_session(
+    conn: &mut DbConnection,
+    id: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    sessions::table
+        .find(id)
+        .first::<SessionRecord>(conn)
+        .optional()
+        .map_err(db_error)
 }
 
 /// Revokes one session; false when it was already revoked or does not exist.
-pub fn revoke_session(conn: &mut DbConnection, id: &str, t: UnixTime, reason: &str) -> Result<bool, StoreError> {
-    let n = diesel::update(sessions::table.find(id).filter(sessions::revoked_at.is_null()))
-        .set((sessions::revoked_at.eq(Some(t)), sessions::revoke_reason.eq(Some(reason))))
-        .execute(conn)
-        .map_err(db_error)?;
+pub fn revoke_session(
+    conn: &mut DbConnection,
+    id: &str,
+    t: UnixTime,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::revoked_at.is_null()),
+    )
+    .set((
+        sessions::revoked_at.eq(Some(t)),
+        sessions::revoke_reason.eq(Some(reason)),
+    ))
+    .execute(conn)
+    .map_err(db_error)?;
     Ok(n == 1)
 }
 
 /// Revokes every live session of a user, except `keep`; returns how many.
-pub fn revoke_user_sessions(conn: &mut DbConnection, user_id: &str, keep: Option<&str>, t: UnixTime, reason: &str) -> Result<usize, StoreError> {
-    let target = sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::revoked_at.is_null());
+pub fn revoke_user_sessions(
+    conn: &mut DbConnection,
+    user_id: &str,
+    keep: Option<&str>,
+    t: UnixTime,
+    reason: &str,
+) -> Result<usize, StoreError> {
+    let target = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null());
     let n = match keep {
         Some(keep) => diesel::update(target.filter(sessions::id.ne(keep)))
-            .set((sessions::revoked_at.eq(Some(t)), sessions::revoke_reason.eq(Some(reason))))
+            .set((
+                sessions::revoked_at.eq(Some(t)),
+                sessions::revoke_reason.eq(Some(reason)),
+            ))
             .execute(conn),
-        None => diesel::update(target).set((sessions::revoked_at.eq(Some(t)), sessions::revoke_reason.eq(Some(reason)))).execute(conn),
+        None => diesel::update(target)
+            .set((
+                sessions::revoked_at.eq(Some(t)),
+                sessions::revoke_reason.eq(Some(reason)),
+            ))
+            .execute(conn),
     }
     .map_err(db_error)?;
     Ok(n)
 }
 
 /// Records a revoked access token (idempotent).
-pub fn revoke_jti(conn: &mut DbConnection, jti: &str, user_id: &str, expires_at: UnixTime, t: UnixTime) -> Result<(), StoreError> {
+pub fn revoke_jti(
+    conn: &mut DbConnection,
+    jti: &str,
+    user_id: &str,
+    expires_at: UnixTime,
+    t: UnixTime,
+) -> Result<(), StoreError> {
     let inserted = diesel::insert_into(revoked_tokens::table)
         .values((
             revoked_tokens::jti.eq(jti),
@@ -108,12 +165,19 @@ pub fn revoke_jti(conn: &mut DbConnection, jti: &str, user_id: &str, expires_at:
 }
 
 pub fn is_jti_revoked(conn: &mut DbConnection, jti: &str) -> Result<bool, StoreError> {
-    let n: i64 = revoked_tokens::table.filter(revoked_tokens::jti.eq(jti)).count().get_result(conn).map_err(db_error)?;
+    let n: i64 = revoked_tokens::table
+        .filter(revoked_tokens::jti.eq(jti))
+        .count()
+        .get_result(conn)
+        .map_err(db_error)?;
     Ok(n > 0)
 }
 
 /// Revoked access tokens that have not yet expired: (jti, expires_at).
-pub fn unexpired_revocations(conn: &mut DbConnection, t: UnixTime) -> Result<Vec<(String, UnixTime)>, StoreError> {
+pub fn unexpired_revocations(
+    conn: &mut DbConnection,
+    t: UnixTime,
+) -> Result<Vec<(String, UnixTime)>, StoreError> {
     revoked_tokens::table
         .filter(revoked_tokens::expires_at.gt(t))
         .select((revoked_tokens::jti, revoked_tokens::expires_at))
@@ -122,7 +186,10 @@ pub fn unexpired_revocations(conn: &mut DbConnection, t: UnixTime) -> Result<Vec
 }
 
 /// Users whose "tokens issued before T are invalid" mark is later than `since`.
-pub fn recent_user_marks(conn: &mut DbConnection, since: UnixTime) -> Result<Vec<(String, UnixTime)>, StoreError> {
+pub fn recent_user_marks(
+    conn: &mut DbConnection,
+    since: UnixTime,
+) -> Result<Vec<(String, UnixTime)>, StoreError> {
     users::table
         .filter(users::tokens_valid_after.gt(since))
         .select((users::id, users::tokens_valid_after.assume_not_null()))
@@ -131,17 +198,35 @@ pub fn recent_user_marks(conn: &mut DbConnection, since: UnixTime) -> Result<Vec
 }
 
 /// Moves a user's mark forward to `t` (never back); returns the mark in force.
-pub fn mark_user(conn: &mut DbConnection, user_id: &str, t: UnixTime) -> Result<UnixTime, StoreError> {
-    let current: Option<Option<i64>> = users::table.find(user_id).select(users::tokens_valid_after).first(conn).optional().map_err(db_error)?;
-    let Some(current) = current else { return Err(StoreError::NotFound) };
+pub fn mark_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+    t: UnixTime,
+) -> Result<UnixTime, StoreError> {
+    let current: Option<Option<i64>> = users::table
+        .find(user_id)
+        .select(users::tokens_valid_after)
+        .first(conn)
+        .optional()
+        .map_err(db_error)?;
+    let Some(current) = current else {
+        return Err(StoreError::NotFound);
+    };
     let mark = current.map_or(t, |c| c.max(t));
-    diesel::update(users::table.find(user_id)).set(users::tokens_valid_after.eq(Some(mark))).execute(conn).map_err(db_error)?;
+    diesel::update(users::table.find(user_id))
+        .set(users::tokens_valid_after.eq(Some(mark)))
+        .execute(conn)
+        .map_err(db_error)?;
     Ok(mark)
 }
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired refresh tokens.
 pub fn prune(conn: &mut DbConnection, t: UnixTime) -> Result<usize, StoreError> {
-    let a = diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.le(t))).execute(conn).map_err(db_error)?;
-    let b = diesel::delete(refresh_tokens::table.filter(refresh_tokens::expires_at.le(t))).execute(conn).map_err(db_error)?;
+    let a = diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.le(t)))
+        .execute(conn)
+        .map_err(db_error)?;
+    let b = diesel::delete(refresh_tokens::table.filter(refresh_tokens::expires_at.le(t)))
+        .execute(conn)
+        .map_err(db_error)?;
     Ok(a + b)
 }

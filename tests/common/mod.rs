@@ -339,3 +339,138 @@ pub fn post(path: &str, token: &str) -> test::TestRequest {
 pub fn kid_of(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
+
+/// Where the tests find Redis.
+pub fn redis_url() -> String {
+    std::env::var("TESSERA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether Redis is there; outside CI a missing Redis skips the Redis half loudly.
+pub async fn redis_available() -> bool {
+    let reachable = match redis::Client::open(redis_url()) {
+        Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
+        Err(_) => false,
+    };
+    if !reachable {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("Redis is required in CI but unreachable at {}", redis_url());
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: Redis unreachable at {}; the Redis half of this test did not run !!!!!!!!\n", redis_url());
+    }
+    reachable
+}
+
+/// The deployment shapes a session test runs in: embedded (SQLite, in-process mirror) and
+/// cluster (PostgreSQL + Redis).
+pub async fn shapes() -> Vec<(Backend, bool)> {
+    let mut all = vec![(Backend::Sqlite, false)];
+    if backends().contains(&Backend::Postgres) && redis_available().await {
+        all.push((Backend::Postgres, true));
+    }
+    all
+}
+
+/// Settings for a shape; with Redis, a key prefix of its own.
+pub fn shape_settings(db: &TestDb, kek: &str, redis: bool) -> Settings {
+    let mut s = settings(db, kek);
+    if redis {
+        s.redis.url = Some(redis_url());
+        s.redis.key_prefix = format!("tessera_test_{}:", uuid::Uuid::new_v4().simple());
+    }
+    s
+}
+
+impl Ctx {
+    /// A context in one deployment shape, with `adjust` applied to its settings.
+    pub async fn shaped(backend: Backend, redis: bool, adjust: impl FnOnce(&mut Settings)) -> Ctx {
+        let db = TestDb::new(backend);
+        let kek = new_kek();
+        let mut s = shape_settings(&db, &kek, redis);
+        adjust(&mut s);
+        let state = tessera::startup::build_state(s).await.unwrap();
+        Ctx {
+            backend,
+            db,
+            kek,
+            state,
+        }
+    }
+
+    /// A direct Redis connection for assertions on the mirror.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub fn prefix(&self) -> String {
+        self.state.settings.redis.key_prefix.clone()
+    }
+}
+
+pub fn post_form(path: &str, body: &str) -> test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/x-www-form-urlencoded"))
+        .set_payload(body.to_owned())
+}
+
+/// Logs in and returns (access token, refresh token).
+pub async fn login_pair<S, B>(app: &S, email: &str, password: &str) -> (String, String)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = send(
+        app,
+        post_json(
+            "/v1/login",
+            &serde_json::json!({"email": email, "password": password}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let body = r.json();
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub async fn refresh<S, B>(app: &S, token: &str) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    send(
+        app,
+        post_form(
+            "/v1/token",
+            &format!("grant_type=refresh_token&refresh_token={token}"),
+        ),
+    )
+    .await
+}
+
+impl Reply {
+    /// Asserts an RFC 6749 §5.2 error.
+    pub fn assert_oauth(&self, status: u16, error: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["error"], error, "{body}");
+        assert!(body["error_description"].is_string());
+    }
+}
