@@ -20,6 +20,7 @@ pub struct Settings {
     pub sessions: SessionSettings,
     pub cookies: CookieSettings,
     pub cors: CorsSettings,
+    pub rate_limits: RateLimitSettings,
     pub redis: RedisSettings,
     pub password: PasswordSettings,
     pub log: LogSettings,
@@ -112,6 +113,63 @@ impl Default for RedisSettings {
             url: None,
             key_prefix: "tessera:".into(),
         }
+    }
+}
+
+/// Rate limits, as `LIMIT/PERIOD` (e.g. `30/1m`), counted in Redis when configured.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Proxies (comma-separated CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: String,
+    pub login_per_ip: String,
+    /// Per normalised e-mail (hashed in the key), whether or not the account exists.
+    pub login_per_account: String,
+    pub register_per_ip: String,
+    pub refresh_per_ip: String,
+    pub admin_per_user: String,
+    /// Failed logins on one account before backoff starts.
+    pub backoff_after: u32,
+    #[serde(with = "humane")]
+    pub backoff_base: Duration,
+    #[serde(with = "humane")]
+    pub backoff_max: Duration,
+    /// Failures older than this are forgotten.
+    #[serde(with = "humane")]
+    pub backoff_window: Duration,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            enabled: true,
+            trusted_proxies: String::new(),
+            login_per_ip: "30/1m".into(),
+            login_per_account: "10/5m".into(),
+            register_per_ip: "20/1h".into(),
+            refresh_per_ip: "600/1m".into(),
+            admin_per_user: "120/1m".into(),
+            backoff_after: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(15 * 60),
+            backoff_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    pub fn proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{p} is not an IP or CIDR"))
+            })
+            .collect()
     }
 }
 
@@ -220,6 +278,7 @@ impl Default for Settings {
             sessions: SessionSettings::default(),
             cookies: CookieSettings::default(),
             cors: CorsSettings::default(),
+            rate_limits: RateLimitSettings::default(),
             redis: RedisSettings::default(),
             password: PasswordSettings::default(),
             log: LogSettings::default(),
@@ -402,6 +461,33 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:// or postgres://",
             ));
+        }
+        self.rate_limits
+            .proxies()
+            .map_err(|e| invalid("rate_limits.trusted_proxies", e))?;
+        for (name, text) in [
+            ("rate_limits.login_per_ip", &self.rate_limits.login_per_ip),
+            (
+                "rate_limits.login_per_account",
+                &self.rate_limits.login_per_account,
+            ),
+            (
+                "rate_limits.register_per_ip",
+                &self.rate_limits.register_per_ip,
+            ),
+            (
+                "rate_limits.refresh_per_ip",
+                &self.rate_limits.refresh_per_ip,
+            ),
+            (
+                "rate_limits.admin_per_user",
+                &self.rate_limits.admin_per_user,
+            ),
+        ] {
+            crate::limits::rate::parse_policy("check", text).map_err(|e| invalid(name, e))?;
+        }
+        if self.rate_limits.backoff_after == 0 {
+            return Err(invalid("rate_limits.backoff_after", "must be at least 1"));
         }
         for origin in self.cors.origins() {
             let ok = url::Url::parse(&origin).is_ok_and(|u| {

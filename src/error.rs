@@ -31,6 +31,10 @@ pub enum ApiError {
     InvalidToken,
     #[error("forbidden")]
     Forbidden,
+    #[error("rate limited")]
+    RateLimited,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     #[error("invalid grant")]
     InvalidGrant(&'static str),
     #[error("not found")]
@@ -95,6 +99,16 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "The grant is invalid",
+            ),
+            ApiError::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests; retry after the time in Retry-After",
+            ),
+            ApiError::OriginNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "This origin may not call the API from a browser",
             ),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
@@ -281,6 +295,8 @@ pub enum OAuthError {
     PayloadTooLarge,
     #[error("temporarily unavailable")]
     Unavailable,
+    #[error("rate limited")]
+    RateLimited,
     #[error("server error")]
     Server,
 }
@@ -314,6 +330,11 @@ impl OAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "retry shortly",
+            ),
+            OAuthError::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many requests; retry after the time in Retry-After",
             ),
             OAuthError::Server => (
                 StatusCode::INTERNAL_SERVER_ERROR,

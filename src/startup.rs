@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::cluster::{follow_key_changes, RedisKeyEvents};
 use crate::crypto::seal::{Kek, KekRing};
 use crate::domain::{Clock, PasswordPolicy, SystemClock};
+use crate::limits::rate::{Backoff, Limiter};
 use crate::limits::redis::RedisMirror;
 use crate::limits::Revocations;
 use crate::service::accounts::{SessionPolicy, TokenPolicy};
@@ -37,6 +38,8 @@ pub enum StartupError {
     Keys(#[from] KeyRingError),
     #[error("password hashing: {0}")]
     Hashing(String),
+    #[error("rate limits: {0}")]
+    Limits(String),
     #[error("Redis: {0}")]
     Redis(String),
     #[error("cannot listen: {0}")]
@@ -178,7 +181,26 @@ pub async fn build_state_with_clock(
 ) -> Result<AppState, StartupError> {
     let (db, keys) = open_key_ring(&settings, clock).await?;
     let retain = i64::try_from(settings.retire_grace().as_secs()).unwrap_or(i64::MAX / 4);
-    let revocations = match redis_connection(&settings)? {
+    let redis = redis_connection(&settings)?.map(|(_, conn)| conn);
+    let policies = crate::api::limit::Policies::from_settings(&settings.rate_limits)
+        .map_err(StartupError::Limits)?;
+    let trusted_proxies = Arc::new(
+        settings
+            .rate_limits
+            .proxies()
+            .map_err(StartupError::Limits)?,
+    );
+    let limiter = Arc::new(Limiter::new(
+        redis.clone(),
+        &settings.redis.key_prefix,
+        Backoff {
+            after: settings.rate_limits.backoff_after,
+            base: settings.rate_limits.backoff_base,
+            max: settings.rate_limits.backoff_max,
+            window: settings.rate_limits.backoff_window,
+        },
+    ));
+    let revocations = match redis.map(|conn| ((), conn)) {
         Some((_, conn)) => Revocations::with_redis(
             db.clone(),
             RedisMirror::new(conn, &settings.redis.key_prefix),
@@ -223,6 +245,9 @@ pub async fn build_state_with_clock(
         keys,
         db,
         revocations,
+        limiter,
+        policies,
+        trusted_proxies,
         settings: Arc::new(settings),
     })
 }

@@ -59,9 +59,17 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let verified = authenticate(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let req = req.clone();
         Box::pin(async move {
             let Authenticated(claims) = verified?;
             let state = state.ok_or(ApiError::Internal)?;
+            let bucket = [(
+                state.policies.admin_per_user,
+                format!("admin:{}", claims.sub),
+            )];
+            super::limit::enforce(&req, &state.limiter, &state.policies, &bucket, None)
+                .await
+                .map_err(|_| ApiError::RateLimited)?;
             // The token's roles are a snapshot; the account's current roles decide.
             let profile = state.accounts.profile(&claims).await?;
             if profile
@@ -78,9 +86,4 @@ impl FromRequest for Admin {
             }
         })
     }
-}
-
-/// The peer's IP address, for the audit trail. Forwarding headers are not trusted here.
-pub fn peer_ip(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
 }

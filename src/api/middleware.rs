@@ -52,7 +52,12 @@ pub async fn request_context(
         e.as_error::<ApiError>().is_none() && e.as_error::<crate::error::OAuthError>().is_none()
     });
     if foreign_error && !is_problem(&res) {
+        let cors = res
+            .response()
+            .error()
+            .is_some_and(|e| e.as_error::<actix_cors::CorsError>().is_some());
         let api = match res.status().as_u16() {
+            _ if cors => ApiError::OriginNotAllowed,
             413 => ApiError::PayloadTooLarge,
             415 => ApiError::UnsupportedMediaType,
             404 => ApiError::NotFound,
@@ -66,6 +71,7 @@ pub async fn request_context(
         res.headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
+    super::limit::add_headers(&mut res);
     let status = res.status().as_u16();
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     tracing::info!(parent: &span, status, latency_us = micros, "request");

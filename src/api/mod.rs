@@ -5,6 +5,7 @@ mod admin;
 mod body;
 mod extract;
 mod health;
+pub mod limit;
 mod login;
 mod me;
 pub mod middleware;
@@ -33,6 +34,9 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub db: Db,
     pub revocations: Arc<crate::limits::Revocations>,
+    pub limiter: Arc<crate::limits::rate::Limiter>,
+    pub policies: limit::Policies,
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     pub settings: Arc<Settings>,
 }
 

@@ -124,6 +124,14 @@ async fn token(
     if by_cookie && !(browser_origin(&req, settings) && req.headers().contains_key(CSRF_HEADER)) {
         return Err(OAuthError::CrossSite);
     }
+    let ip = super::limit::client_ip(&req, &state.trusted_proxies);
+    let bucket = [(
+        state.policies.refresh_per_ip,
+        format!("refresh:ip:{}", super::limit::ip_bucket(ip)),
+    )];
+    super::limit::enforce(&req, &state.limiter, &state.policies, &bucket, None)
+        .await
+        .map_err(|_| OAuthError::RateLimited)?;
     match state.accounts.refresh(&presented).await {
         Ok(grant) => Ok(token_response(&req, settings, grant)),
         Err(e) => {

@@ -4,7 +4,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::body::Fields;
-use super::extract::peer_ip;
 use super::{resource, AppState};
 use crate::error::ApiError;
 
@@ -21,9 +20,17 @@ async fn register(
     let email = fields.string("email");
     let password = zeroize::Zeroizing::new(fields.string("password"));
     fields.finish()?;
+    let ip = super::limit::client_ip(&req, &state.trusted_proxies);
+    let bucket = [(
+        state.policies.register_per_ip,
+        format!("register:ip:{}", super::limit::ip_bucket(ip)),
+    )];
+    super::limit::enforce(&req, &state.limiter, &state.policies, &bucket, None)
+        .await
+        .map_err(|_| ApiError::RateLimited)?;
     let account = state
         .accounts
-        .register(&email, &password, peer_ip(&req))
+        .register(&email, &password, ip.map(|i| i.to_string()))
         .await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/v1/users/{}", account.id)))

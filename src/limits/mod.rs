@@ -5,6 +5,7 @@
 //! doubt is settled by the database.
 
 pub mod memory;
+pub mod rate;
 pub mod redis;
 
 use std::sync::Arc;

@@ -107,6 +107,9 @@ pub fn settings(db: &TestDb, kek: &str) -> Settings {
     s.password.iterations = 1;
     s.password.threads = 2;
     s.password.queue = 256;
+    // Rate limits have tests of their own (tests/limits.rs); elsewhere they would only
+    // make concurrency tests depend on bucket sizes.
+    s.rate_limits.enabled = false;
     s
 }
 
@@ -472,5 +475,76 @@ impl Reply {
         let body = self.json();
         assert_eq!(body["error"], error, "{body}");
         assert!(body["error_description"].is_string());
+    }
+}
+
+/// A Redis server of the test's own, on a free port, that the test can stop and start.
+pub struct OwnRedis {
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// `None` when `redis-server` is missing (skipped loudly outside CI, a failure in CI).
+    pub fn available() -> bool {
+        let ok = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "redis-server is required in CI"
+            );
+            eprintln!("\n!!!!!!!! SKIPPED: no redis-server binary; a Redis outage test did not run !!!!!!!!\n");
+        }
+        ok
+    }
+
+    pub fn start(port: u16) -> Option<OwnRedis> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut r = OwnRedis { child: Some(child) };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r.stop();
+        None
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
