@@ -4,11 +4,11 @@ CARGO ?= cargo
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: help run test venv lint audit bench clean
+.PHONY: help run test venv browser-deps lint audit bench clean
 
 help:
 	@echo "make run    - run the service on the embedded default (SQLite, generated dev KEK under ./data/)"
-	@echo "make test   - set up the Python verifier venv, then run the whole test suite"
+	@echo "make test   - set up the Python verifier venv and the browser test (Chromium, playwright-core), then run the whole test suite"
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, offline RustSec audit of Cargo.lock"
 	@echo "make bench  - release build, then Argon2 / login / RSS / start-up figures"
 
@@ -23,7 +23,18 @@ $(PY): tests/blackbox/requirements.txt
 
 venv: $(PY)
 
-test: venv
+# The browser test drives Debian's Chromium with playwright-core (no browser download).
+BROWSER_DEPS := tests/browser/node_modules/playwright-core/package.json
+$(BROWSER_DEPS): tests/browser/package-lock.json
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "chromium missing: sudo apt-get install -y chromium (the browser test will be SKIPPED)"; fi; \
+	fi
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+
+browser-deps: $(BROWSER_DEPS)
+
+test: venv browser-deps
 	$(CARGO) test
 
 lint:
