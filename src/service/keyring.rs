@@ -485,7 +485,26 @@ impl KeyRing {
             Arc::clone(&self.keks),
             self.instance.clone(),
         );
-        let material = generate(self.policy.algorithm).await?;
+        // A cheap unlocked look first: most ticks have nothing to do, and key generation
+        // (RSA especially) is not free. The decision is re-made under the lock.
+        let interval = secs(self.policy.rotation_interval);
+        let (due, erasable) = self
+            .db
+            .run(move |c| {
+                Ok((
+                    rotation_due(&key_store::list_live(c, t)?, t, interval),
+                    !key_store::due_for_erasure(c, t)?.is_empty(),
+                ))
+            })
+            .await?;
+        if !due && !erasable {
+            return Ok(false);
+        }
+        let material = if due {
+            Some(generate(self.policy.algorithm).await?)
+        } else {
+            None
+        };
         let changed = self
             .db
             .transaction(move |c| {
@@ -498,10 +517,10 @@ impl KeyRing {
                     changed = true;
                 }
                 let records = key_store::list_live(c, t)?;
-                if rotation_due(&records, t, secs(policy.rotation_interval)) {
+                if let (true, Some(material)) = (rotation_due(&records, t, secs(policy.rotation_interval)), &material) {
                     let first = signer_at(&records, t).is_none();
                     let activates_at = if first { t } else { t + secs(policy.publish_lead) };
-                    let record = insert_key(c, &keks, &material, t, activates_at)?;
+                    let record = insert_key(c, &keks, material, t, activates_at)?;
                     let kind = if first { AuditKind::KeyGenerated } else { AuditKind::KeyRotated };
                     audit::record(c, &AuditEvent { kind, at: t, actor: Some("scheduler".into()), subject: Some(record.kid.clone()), ip: None, detail: Some(format!("{}, signs from {activates_at}", record.alg)) })?;
                     if first {
