@@ -219,6 +219,7 @@ pub async fn build_state_with_clock(
         settings.hash_threads(),
         settings.password.queue,
     )
+    .await
     .map_err(|e| StartupError::Hashing(e.to_string()))?;
     let accounts = Accounts::new(
         db.clone(),

@@ -152,6 +152,7 @@ fn fit(memory: &mut Vec<Block>, blocks: usize) {
 #[derive(Clone)]
 pub struct Hasher {
     jobs: SyncSender<Job>,
+    stats: Arc<PoolStats>,
     /// A real hash of a random password, verified against when an account does not exist,
     /// so that login costs the same whether or not the e-mail is registered.
     dummy: Arc<String>,
@@ -165,8 +166,10 @@ impl fmt::Debug for Hasher {
 }
 
 impl Hasher {
-    /// Starts `threads` hashing threads behind a queue of `queue` waiting jobs.
-    pub fn start(
+    /// Starts `threads` hashing threads behind a queue of `queue` waiting jobs, and makes
+    /// the dummy hash on the pool itself (so it reuses a thread's memory block instead of
+    /// allocating one more at start-up).
+    pub async fn start(
         params: HashParams,
         pepper: Option<Vec<u8>>,
         threads: usize,
@@ -186,27 +189,35 @@ impl Hasher {
         let random = Zeroizing::new(crate::crypto::b64url(
             &super::random_bytes(24).map_err(|_| HashError::Random)?,
         ));
-        let dummy = engine.hash(random.as_bytes(), &mut Vec::new())?;
         let (tx, rx) = mpsc::sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let threads = threads.max(1);
+        let stats = Arc::new(PoolStats::default());
         for i in 0..threads {
             let rx = Arc::clone(&rx);
             let engine = engine.clone();
+            let stats = Arc::clone(&stats);
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(&rx, &engine))
+                .spawn(move || worker(&rx, &engine, &stats))
                 .map_err(|_| HashError::Stopped)?;
         }
-        Ok(Hasher {
+        let mut hasher = Hasher {
             jobs: tx,
-            dummy: Arc::new(dummy),
+            stats,
+            dummy: Arc::new(String::new()),
             threads,
-        })
+        };
+        hasher.dummy = Arc::new(hasher.hash(&random).await?);
+        Ok(hasher)
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// Hashes a new password into a PHC string.
@@ -254,7 +265,15 @@ impl Hasher {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, engine: &Engine) {
+/// What the pool has done: hashes computed, and jobs dropped because their caller left.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub computed: std::sync::atomic::AtomicU64,
+    pub abandoned: std::sync::atomic::AtomicU64,
+}
+
+fn worker(rx: &Mutex<Receiver<Job>>, engine: &Engine, stats: &PoolStats) {
+    use std::sync::atomic::Ordering::Relaxed;
     // Linux applies a thread id given as PRIO_PROCESS to that one thread.
     if let Err(e) =
         rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_THREAD_NICENESS)
@@ -271,12 +290,21 @@ fn worker(rx: &Mutex<Receiver<Job>>, engine: &Engine) {
             }
         };
         match job {
+            // A caller that has gone (client hung up, request timed out) gets no hash: its
+            // slot must not delay the callers still waiting.
+            Job::Hash { reply, .. } if reply.is_closed() => {
+                stats.abandoned.fetch_add(1, Relaxed);
+            }
+            Job::Verify { reply, .. } if reply.is_closed() => {
+                stats.abandoned.fetch_add(1, Relaxed);
+            }
             Job::Hash {
                 password,
                 span,
                 reply,
             } => {
                 let _enter = span.enter();
+                stats.computed.fetch_add(1, Relaxed);
                 let _ = reply.send(engine.hash(password.as_bytes(), &mut memory));
             }
             Job::Verify {
@@ -286,6 +314,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, engine: &Engine) {
                 reply,
             } => {
                 let _enter = span.enter();
+                stats.computed.fetch_add(1, Relaxed);
                 let _ = reply.send(engine.verify(password.as_bytes(), &phc, &mut memory));
             }
         }
@@ -305,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_report_rehash_when_parameters_change() {
-        let hasher = Hasher::start(CHEAP, None, 2, 8).unwrap();
+        let hasher = Hasher::start(CHEAP, None, 2, 8).await.unwrap();
         let phc = hasher.hash("correct horse").await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=256,t=1,p=1$"), "{phc}");
         assert_eq!(
@@ -332,6 +361,7 @@ mod tests {
             1,
             8,
         )
+        .await
         .unwrap();
         assert_eq!(
             stronger.verify("correct horse", Some(&phc)).await.unwrap(),
@@ -361,9 +391,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jobs_whose_caller_left_are_not_hashed() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let slow = HashParams {
+            memory_kib: 8 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let hasher = Hasher::start(slow, None, 1, 16).await.unwrap();
+        let before = hasher.stats().computed.load(Relaxed);
+        // Ten callers queue up and give up at once (their futures are dropped after one poll).
+        for _ in 0..10 {
+            let mut fut = Box::pin(hasher.verify("pw", None));
+            let _ = futures_util::FutureExt::now_or_never(fut.as_mut());
+        }
+        // A caller that stays is served, after the pool has skipped the abandoned ones.
+        assert!(!hasher.verify("pw", None).await.unwrap().matches);
+        let computed = hasher.stats().computed.load(Relaxed) - before;
+        let abandoned = hasher.stats().abandoned.load(Relaxed);
+        assert_eq!(computed + abandoned, 11);
+        assert!(abandoned >= 9, "at most the job already running is computed: {computed} computed, {abandoned} abandoned");
+    }
+
+    #[tokio::test]
     async fn pepper_is_required_to_verify() {
-        let peppered = Hasher::start(CHEAP, Some(b"pepper".to_vec()), 1, 8).unwrap();
-        let plain = Hasher::start(CHEAP, None, 1, 8).unwrap();
+        let peppered = Hasher::start(CHEAP, Some(b"pepper".to_vec()), 1, 8)
+            .await
+            .unwrap();
+        let plain = Hasher::start(CHEAP, None, 1, 8).await.unwrap();
         let phc = peppered.hash("correct horse").await.unwrap();
         assert!(
             peppered
@@ -383,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_accounts_never_match_and_bad_hashes_are_errors() {
-        let hasher = Hasher::start(CHEAP, None, 1, 8).unwrap();
+        let hasher = Hasher::start(CHEAP, None, 1, 8).await.unwrap();
         assert!(!hasher.verify("anything", None).await.unwrap().matches);
         assert_eq!(
             hasher.verify("x", Some("$2b$10$notargon")).await,
@@ -398,7 +453,7 @@ mod tests {
             iterations: 3,
             parallelism: 1,
         };
-        let hasher = Hasher::start(slow, None, 1, 1).unwrap();
+        let hasher = Hasher::start(slow, None, 1, 1).await.unwrap();
         let attempts: Vec<_> = (0..16).map(|_| hasher.verify("pw", None)).collect();
         let results = futures_util::future::join_all(attempts).await;
         let overloaded = results
