@@ -38,6 +38,9 @@ pub struct AccessClaims {
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The `kid` the token was verified with (from its header; not a claim).
+    #[serde(skip)]
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +278,9 @@ impl Verifier {
         if now.saturating_add(leeway) < data.claims.nbf {
             return Err(TokenError::NotYetValid);
         }
-        Ok(data.claims)
+        let mut claims = data.claims;
+        claims.kid = Some(kid.to_owned());
+        Ok(claims)
     }
 }
 
@@ -297,6 +302,7 @@ mod tests {
             sid: Some("s1".into()),
             roles: vec!["admin".into()],
             scope: None,
+            kid: None,
         }
     }
 
@@ -323,7 +329,9 @@ mod tests {
         for alg in KeyAlg::ALL {
             let (signer, verifier) = setup(alg);
             let token = signer.sign(&claims(now)).unwrap();
-            assert_eq!(verifier.verify(&token).unwrap(), claims(now));
+            let mut expected = claims(now);
+            expected.kid = Some("k1".into());
+            assert_eq!(verifier.verify(&token).unwrap(), expected);
         }
     }
 

@@ -371,6 +371,7 @@ impl Accounts {
             sid: Some(sid.to_owned()),
             roles,
             scope: None,
+            kid: None,
         };
         let access_token = signer
             .sign(&claims)
@@ -395,22 +396,30 @@ impl Accounts {
         {
             return Err(AccountError::TokenRevoked);
         }
-        let (id, sid) = (claims.sub.clone(), claims.sid.clone());
-        let found =
-            self.db
-                .run(move |c| {
-                    let Some(user) = users::find(c, &id)? else {
+        let (id, sid, kid) = (claims.sub.clone(), claims.sid.clone(), claims.kid.clone());
+        let found = self
+            .db
+            .run(move |c| {
+                let Some(user) = users::find(c, &id)? else {
+                    return Ok(None);
+                };
+                // A key revoked a moment ago on another replica is refused here before this
+                // replica's key set has reloaded.
+                if let Some(kid) = &kid {
+                    if crate::store::keys::find(c, kid)?.is_none_or(|k| k.revoked_at.is_some()) {
                         return Ok(None);
-                    };
-                    let session_live = match &sid {
-                        Some(sid) => session_store::find_session(c, sid)?
-                            .is_some_and(|s| s.revoked_at.is_none()),
-                        None => true,
-                    };
-                    let roles = users::roles(c, &id)?;
-                    Ok(Some((user, roles, session_live)))
-                })
-                .await?;
+                    }
+                }
+                let session_live = match &sid {
+                    Some(sid) => {
+                        session_store::find_session(c, sid)?.is_some_and(|s| s.revoked_at.is_none())
+                    }
+                    None => true,
+                };
+                let roles = users::roles(c, &id)?;
+                Ok(Some((user, roles, session_live)))
+            })
+            .await?;
         let Some((user, roles, session_live)) = found else {
             return Err(AccountError::TokenRevoked);
         };

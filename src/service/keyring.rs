@@ -97,13 +97,14 @@ pub fn state_at(r: &KeyRecord, t: UnixTime) -> KeyState {
     }
 }
 
-/// The key that signs at `t`: the unrevoked, unremoved key with a private half and the
-/// latest `activates_at <= t`, ties broken by kid.
+/// The key that signs at `t`: of the keys Active at `t` (activated, not retired, removed
+/// or revoked) with a private half, the latest activated, ties broken by kid.
 pub fn signer_at(records: &[KeyRecord], t: UnixTime) -> Option<&KeyRecord> {
+    // Only an Active key signs: a retired key never signs again, even when the key that
+    // retired it is revoked (then a fresh key is made instead).
     records
         .iter()
-        .filter(|r| r.activates_at <= t && r.private_key_sealed.is_some())
-        .filter(|r| !matches!(state_at(r, t), KeyState::Revoked | KeyState::Removed))
+        .filter(|r| r.private_key_sealed.is_some() && state_at(r, t) == KeyState::Active)
         .max_by(|a, b| {
             a.activates_at
                 .cmp(&b.activates_at)
@@ -863,6 +864,23 @@ mod tests {
         );
         assert_eq!(signer_at(&keys, T0 + 2000).unwrap().kid, "a");
         assert_eq!(state_at(&keys[1], T0 + 10), KeyState::Revoked);
+    }
+
+    #[test]
+    fn revoking_the_signer_never_revives_its_retired_predecessor() {
+        let mut keys = vec![key("a", T0), key("b", T0 + 1000)];
+        apply(&mut keys, T0);
+        // b signs from T0+1000; revoked two seconds later, while a is retired but published.
+        keys[1].revoked_at = Some(T0 + 1002);
+        assert_eq!(state_at(&keys[0], T0 + 1002), KeyState::Retired);
+        assert!(
+            signer_at(&keys, T0 + 1002).is_none(),
+            "nothing may sign: the revocation must make a fresh key"
+        );
+        assert!(
+            rotation_due(&keys, T0 + 1002, 100_000),
+            "and the duty would make one too"
+        );
     }
 
     #[test]

@@ -194,11 +194,18 @@ impl Db {
         let backend = target.backend_name();
         let pool = Pool::builder()
             .max_size(settings.pool_size)
-            .min_idle(Some(1))
+            // No idle connections kept by r2d2's background threads: a short-lived CLI
+            // process must not exit while such a thread is inside libpq's TLS set-up.
+            .min_idle(Some(0))
             .test_on_check_out(false)
             .connection_timeout(settings.acquire_timeout)
             .build(Manager(target))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // One real connection now, so a wrong URL or a database that is down fails start-up.
+        drop(
+            pool.get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        );
         Ok(Db { pool, backend })
     }
 

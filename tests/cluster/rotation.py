@@ -13,11 +13,20 @@ a revoked key leaves the JWKS and stops verifying at once, a fresh key signing i
 
 Usage:  TESSERA_BIN=target/debug/tessera .venv/bin/python tests/cluster/rotation.py
 
+Phases: (1) 60 s of logins round-robin on the three replicas with on-demand, concurrent and
+scheduled rotations; (2) SIGKILL of one replica during rotate requests, then the key set's
+consistency and logins on the survivors; (3) revocation A: the active key revoked while no
+other key is published; then the same-iat/same-kid invariant over every token and a summary;
+(4) revocation B: the active key revoked right after it activated, while its predecessor is
+retired but still published (the same promise, in its sharpest case).
+
 Needs PostgreSQL at postgres://postgres@127.0.0.1:5432/postgres (and `psql`), Redis at
 redis://127.0.0.1:6379, Python 3.11+ with PyJWT[crypto] (tests/blackbox/requirements.txt).
-It creates a database `tessera_cluster_<random>` and drops it at the end. Prints one line
-per check; on the first failed check prints the evidence (status, body, replica, the tail of
-the replicas' logs), keeps the logs in a temp directory, cleans up and exits 1.
+It creates a database `tessera_cluster_<random>` and drops it at the end, uses a private Redis
+key prefix (deleted at the end; the key-change channel is shared by design) and runs a private
+copy of TESSERA_BIN. Prints one line per check; on the first failed check prints the evidence
+(status, body, replica, the tail of the replicas' logs), keeps the logs in a temp directory,
+cleans up and exits 1.
 """
 
 from __future__ import annotations
@@ -83,8 +92,9 @@ LOGIN_PERIOD_S = 0.1  # aim at ~10 logins per second across the replicas
 ROTATE_AT_S = (15.0, 35.0)  # on-demand rotations during the load
 CONCURRENT_ROTATE_AT_S = 25.0  # two concurrent rotate requests on two replicas
 ADMIN_TOKEN_REUSE_S = 2.5  # the admin token lives 5 s; re-login well before expiry
-# Kills of a replica during a rotate request; stops early once one lands after the commit but
-# before the answer (at least one must land before the answer).
+# Kills of a replica during a rotate request; stops early once one lands inside the database
+# transaction or after the commit but before the answer (at least one must land before the
+# answer).
 KILL_ATTEMPTS_MAX = 8
 # How long a replica may take to hear of a revocation (Redis announcement + reload).
 PROPAGATION_ALLOWANCE_S = 1.5
@@ -211,6 +221,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def exit_status(rc: int | None) -> str:
+    if rc is not None and rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name} (a crash, status {rc})"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
 def short(kid: str | None) -> str:
     return "None" if kid is None else kid[-12:]
 
@@ -221,13 +240,61 @@ def short(kid: str | None) -> str:
 def psql(sql: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PGCONNECT_TIMEOUT="10")
     return subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
+        ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def rollbacks(db: str) -> int | None:
+    """Transactions rolled back in `db` so far (a client killed inside an open transaction
+    leaves one: its backend aborts it on the lost connection)."""
+    out = psql(f"SELECT xact_rollback FROM pg_stat_database WHERE datname = '{db}'")
+    text = out.stdout.strip()
+    return int(text) if out.returncode == 0 and text.isdigit() else None
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def redis_delete_prefix(prefix: str) -> int:
+    """Deletes every key under `prefix` (SCAN + DEL over a bare RESP connection, so no Redis
+    client is needed). Returns how many were deleted."""
+    host, port = REDIS_URL.removeprefix("redis://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        f = sock.makefile("rwb")
+
+        def command(*args: str) -> Any:
+            f.write(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args))
+            f.flush()
+            return reply()
+
+        def reply() -> Any:
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:].decode()
+            if kind == b"+":
+                return rest
+            if kind == b"-":
+                raise RuntimeError(f"Redis: {rest}")
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode()
+            if kind == b"*":
+                return [reply() for _ in range(int(rest))]
+            raise RuntimeError(f"Redis: unexpected reply {line!r}")
+
+        deleted, cursor = 0, "0"
+        while True:
+            cursor, keys = command("SCAN", cursor, "MATCH", prefix.replace("*", "\\*") + "*", "COUNT", "1000")
+            if keys:
+                deleted += command("DEL", *keys)
+            if cursor == "0":
+                return deleted
 
 
 # ---------------------------------------------------------------- the replicas
@@ -302,7 +369,10 @@ class Replica:
             pass
         self.proc.wait()
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> list[str]:
+        """SIGTERMs every process of this replica still running (SIGKILL after the shutdown
+        timeout). Returns what went wrong: a crash or a hang on SIGTERM."""
+        trouble = []
         for proc in self.procs:
             if proc.poll() is None:
                 try:
@@ -310,11 +380,16 @@ class Replica:
                 except ProcessLookupError:
                     continue
                 try:
-                    proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+                    rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
+                    trouble.append(f"{self.name} (pid {proc.pid}) did not exit within {SHUTDOWN_TIMEOUT_S:.0f} s of SIGTERM")
+                    continue
+                if rc != 0:
+                    trouble.append(f"{self.name} (pid {proc.pid}) answered SIGTERM with {exit_status(rc)}")
         self.down = True
+        return trouble
 
     def log_tail(self, lines: int = 25, runs: int = 1) -> str:
         parts = []
@@ -468,8 +543,9 @@ class Issued:
 
 
 class Ctx:
-    def __init__(self, replicas: list[Replica]) -> None:
+    def __init__(self, replicas: list[Replica], db: str) -> None:
         self.replicas = replicas
+        self.db = db
         self.rng = random.Random(int.from_bytes(secrets.token_bytes(4), "big"))
         self.verifier = CachedJwksVerifier(self)
         self.lock = threading.Lock()
@@ -794,7 +870,7 @@ def phase_setup(ctx: Ctx, binary: str, env: dict[str, str]) -> None:
     check(
         f"`tessera users grant-role {ADMIN_EMAIL} admin` exits 0",
         out.returncode == 0,
-        f"status {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr}",
+        f"{exit_status(out.returncode)}\nstdout: {out.stdout}\nstderr: {out.stderr}",
     )
     keys = ctx.keys()
     check("the admin logs in and GET /v1/admin/keys -> 200 with one active key", [k["state"] for k in keys] == ["active"], format_keys(keys))
@@ -929,6 +1005,7 @@ def phase_kill_mid_rotation(ctx: Ctx) -> None:
     info(f"phase 2: SIGKILL {victim.name} during POST /v1/admin/keys/rotate (fastest rotate seen {hi * 1000:.1f} ms)")
     no_response = 0
     committed_unanswered = 0
+    inside_tx = 0
     for attempt in range(1, KILL_ATTEMPTS_MAX + 1):
         delay = (lo + hi) / 2
         before_keys = ctx.wait_no_pending(survivors[0])
@@ -949,6 +1026,7 @@ def phase_kill_mid_rotation(ctx: Ctx) -> None:
         th = threading.Thread(target=fire)
         victim.down = True
         pid = victim.proc.pid if victim.proc else None
+        rolled_before = rollbacks(ctx.db)
         th.start()
         sending.wait()
         if delay > 0:
@@ -956,6 +1034,8 @@ def phase_kill_mid_rotation(ctx: Ctx) -> None:
         victim.kill9()
         th.join()
         after_keys = ctx.keys(survivors[0])
+        rolled_after = rollbacks(ctx.db)
+        in_tx = rolled_before is not None and rolled_after is not None and rolled_after > rolled_before
         new = [k for k in after_keys if k["kid"] not in before]
         if "resp" in result:
             resp: Resp = result["resp"]
@@ -967,8 +1047,11 @@ def phase_kill_mid_rotation(ctx: Ctx) -> None:
             lo = delay
             no_response += 1
             committed_unanswered += 1 if new else 0
+            inside_tx += 1 if in_tx else 0
             outcome = f"no answer ({type(result['exc']).__name__}): killed mid-request"
         committed = f"committed {short(new[0]['kid'])} ({new[0]['state']})" if new else "not committed"
+        if in_tx:
+            committed += f"; PostgreSQL rolled back an open transaction ({rolled_before} → {rolled_after} rollbacks)"
         info(f"kill attempt {attempt}: SIGKILL pid {pid} {delay * 1000:.1f} ms after sending → {outcome}; rotation {committed}")
         check(f"kill attempt {attempt}: at most one new key", len(new) <= 1, format_keys(after_keys))
         key_set_consistent(f"kill attempt {attempt}: key set seen from {survivors[0].name}", after_keys, chain=True)
@@ -990,11 +1073,14 @@ def phase_kill_mid_rotation(ctx: Ctx) -> None:
                 missing,
             )
         ctx.assert_alive(f"kill attempt {attempt}", survivors)
-        if committed_unanswered >= 1 or attempt == KILL_ATTEMPTS_MAX:
+        if committed_unanswered >= 1 or inside_tx >= 1 or attempt == KILL_ATTEMPTS_MAX:
             break
         victim.start()
         victim.wait_ready(f"kill attempt {attempt}: {victim.name} restarts after SIGKILL")
-    note = f"kills: {no_response} landed before the answer, {committed_unanswered} of them after the rotation committed"
+    note = (
+        f"kills: {no_response} landed before the answer; {inside_tx} inside an open database transaction (rolled back), "
+        f"{committed_unanswered} after the rotation committed"
+    )
     info(note)
     ctx.notes.append(note)
     check(f"at least one SIGKILL landed mid-request ({no_response})", no_response >= 1, "every rotate request was answered before the kill")
@@ -1055,7 +1141,7 @@ def phase_revocation(ctx: Ctx, label: str, predecessor_in_grace: bool) -> None:
     rev = Revocation()
     load = Load(ctx, f"revocation-{label}", ctx.live, 120.0, 1200, forced_refetch_ok=rev.refetch_deadline, judge=rev.judge).start()
     try:
-        _revoke_under_load(ctx, label, predecessor_in_grace, rev, load)
+        _revoke_under_load(ctx, label, predecessor_in_grace, rev)
     finally:
         load.stop()
     ctx.assert_alive(f"{label}: after the revocation")
@@ -1068,7 +1154,7 @@ def phase_revocation(ctx: Ctx, label: str, predecessor_in_grace: bool) -> None:
     check(f"{label}: the only kid that forced a JWKS refetch is the replacement", not unexpected, f"replacement {rev.replacement}, refetch kids {unexpected}")
 
 
-def _revoke_under_load(ctx: Ctx, label: str, predecessor_in_grace: bool, rev: Revocation, load: Load) -> None:
+def _revoke_under_load(ctx: Ctx, label: str, predecessor_in_grace: bool, rev: Revocation) -> None:
     if predecessor_in_grace:
         info(f"{label}: rotate, then revoke the new key right after it activates, while its predecessor is retired but still published")
         ctx.wait_no_pending()
@@ -1239,7 +1325,19 @@ def aftermath(ctx: Ctx, predecessors: list[dict[str, Any]]) -> list[str]:
     end = min(removes + PUBLISH_LEAD_S + 1.5, time.time() + RETIRE_GRACE_S + PUBLISH_LEAD_S + 2)
     out = [f"  aftermath: {pred['kid']} is retired (removes_at {pred['removes_at']} = {removes}); logins on every replica every ~0.4 s:"]
     victim: tuple[str, int] | None = None  # a token it signed that outlives its removal
+    present_at = [removes + 0.5, removes + 2.5]  # before and after every replica's reload
     while time.time() < end:
+        if victim is not None and present_at and time.time() >= present_at[0]:
+            present_at.pop(0)
+            token, exp = victim
+            now = time.time()
+            statuses = [f"{rep.name} {http('GET', rep.base + '/v1/me', headers=bearer(token)).status}" for rep in ctx.live()]
+            v = ctx.verifier.verify(token)
+            out.append(
+                f"  >> a token signed by {short(pred['kid'])} before its removal at {removes}, exp {exp}, presented at {now:.1f} "
+                f"({'BEFORE' if now < exp else 'after'} its exp): /v1/me -> " + ", ".join(statuses)
+                + f"; offline with a JWKS {v.cache_age_s:.1f} s old: {'ok' if v.ok else 'FAILED (' + v.error + ')'}"
+            )
         row = []
         for rep in ctx.live():
             try:
@@ -1258,14 +1356,6 @@ def aftermath(ctx: Ctx, predecessors: list[dict[str, Any]]) -> list[str]:
                 row.append(f"{rep.name}: {type(e).__name__}: {str(e).splitlines()[0]}")
         out.append(f"    t={time.time():.1f}: " + " | ".join(row))
         time.sleep(0.4)
-    if victim is not None:
-        token, exp = victim
-        now = time.time()
-        statuses = [f"{rep.name} {http('GET', rep.base + '/v1/me', headers=bearer(token)).status}" for rep in ctx.live()]
-        out.append(
-            f"  a token signed by {short(pred['kid'])} before its removal at {removes}, exp {exp}, presented at {now:.1f} "
-            f"({'BEFORE' if now < exp else 'after'} its exp): /v1/me -> " + ", ".join(statuses)
-        )
     try:
         out.append(format_keys(ctx.keys()))
     except Exception as e:  # noqa: BLE001
@@ -1291,8 +1381,14 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    db = "tessera_cluster_" + secrets.token_hex(6)
+    suffix = secrets.token_hex(6)
+    db = f"tessera_cluster_{suffix}"
     workdir = tempfile.mkdtemp(prefix="tessera-cluster-")
+    # Run a private copy: a rebuild of the shared target/ during the run must not give the
+    # replicas restarted later another binary than the others.
+    private = os.path.join(workdir, "tessera")
+    shutil.copy2(binary, private)
+    binary = private
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("TESSERA_") and k != "RUST_LOG"
     }
@@ -1312,9 +1408,26 @@ def main() -> int:
             "TESSERA__LOG__LEVEL": "warn",
         }
     )
+    # Settings that only some versions have: the Redis key prefix (a private one, so this
+    # test's keys never meet another run's) and rate limits (raised far above this load:
+    # ~10 logins a second for one account from one IP, and the admin polling the key list).
+    effective = subprocess.run(
+        [binary, "config", "check"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=READY_TIMEOUT_S
+    )
+    if effective.returncode != 0:
+        print(f"FAIL  `tessera config check` refuses the cluster settings:\n{effective.stdout}{effective.stderr}", flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 1
+    redis_prefix = None
+    if "key_prefix" in effective.stdout:
+        redis_prefix = f"tessera-cluster-{suffix}:"
+        env["TESSERA__REDIS__KEY_PREFIX"] = redis_prefix
+    if "[rate_limits]" in effective.stdout:
+        for name in ("LOGIN_PER_IP", "LOGIN_PER_ACCOUNT", "REGISTER_PER_IP", "REFRESH_PER_IP", "ADMIN_PER_USER"):
+            env[f"TESSERA__RATE_LIMITS__{name}"] = "100000/1m"
     replicas = [Replica(name, binary, workdir, env) for name in ("replica-a", "replica-b", "replica-c")]
-    ctx = Ctx(replicas)
-    info(f"binary={binary} database={db} workdir={workdir} ports={[r.port for r in replicas]}")
+    ctx = Ctx(replicas, db)
+    info(f"binary={os.environ['TESSERA_BIN']} (run as a private copy) database={db} redis prefix={redis_prefix} workdir={workdir} ports={[r.port for r in replicas]}")
     succeeded = False
     db_created = False
     try:
@@ -1337,8 +1450,16 @@ def main() -> int:
             print(rep.log_tail(runs=2), flush=True)
         print(f"info  replica logs kept in {workdir}", flush=True)
     finally:
-        for rep in replicas:
-            rep.stop_all()
+        trouble = [t for rep in replicas for t in rep.stop_all()]
+        if trouble:
+            print("FAIL  every replica exits cleanly on SIGTERM\n" + "\n".join(trouble), flush=True)
+            succeeded = False
+        elif ctx.issued:
+            ok("every replica still running exits with status 0 on SIGTERM")
+        try:
+            os.remove(private)
+        except OSError:
+            pass
         if db_created:
             out = psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             if out.returncode != 0:
@@ -1346,6 +1467,12 @@ def main() -> int:
                 succeeded = False
             else:
                 ok(f"DROP DATABASE {db}")
+        if redis_prefix is not None:
+            try:
+                ok(f"deleted {redis_delete_prefix(redis_prefix)} Redis keys under {redis_prefix}")
+            except (OSError, RuntimeError, ValueError) as e:
+                print(f"FAIL  deleting the Redis keys under {redis_prefix}: {e}", flush=True)
+                succeeded = False
         if succeeded:
             shutil.rmtree(workdir, ignore_errors=True)
     if succeeded:
