@@ -118,3 +118,12 @@ impl Fields {
         }
     }
 }
+
+/// The `{email, password}` body of registration and login.
+pub fn credentials(body: Value) -> Result<(String, zeroize::Zeroizing<String>), ApiError> {
+    let mut fields = Fields::new(body)?;
+    let email = fields.string("email");
+    let password = zeroize::Zeroizing::new(fields.string("password"));
+    fields.finish()?;
+    Ok((email, password))
+}

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::body::Fields;
+use super::body::credentials;
 use super::{resource, AppState};
 use crate::error::ApiError;
 use crate::service::AccountError;
@@ -16,10 +16,7 @@ async fn login(
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body.into_inner())?;
-    let email = fields.string("email");
-    let password = zeroize::Zeroizing::new(fields.string("password"));
-    fields.finish()?;
+    let (email, password) = credentials(body.into_inner())?;
     let ip = super::limit::client_ip(&req, &state.trusted_proxies);
     let account = super::limit::account_bucket(&email);
     // Both limits and the account's backoff lock in one round trip, before any hashing:

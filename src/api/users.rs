@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::body::Fields;
+use super::body::credentials;
 use super::{resource, AppState};
 use crate::error::ApiError;
 
@@ -16,10 +16,7 @@ async fn register(
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body.into_inner())?;
-    let email = fields.string("email");
-    let password = zeroize::Zeroizing::new(fields.string("password"));
-    fields.finish()?;
+    let (email, password) = credentials(body.into_inner())?;
     let ip = super::limit::client_ip(&req, &state.trusted_proxies);
     let bucket = [(
         state.policies.register_per_ip,
