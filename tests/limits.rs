@@ -319,6 +319,17 @@ async fn with_redis_down_limits_still_apply_in_process_and_sharing_resumes_after
         "the same policy, counted in process"
     );
     assert_eq!(ctx.state.limiter.backend(), "memory-fallback");
+    let ready = send(&app, get("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "degraded");
+    assert_eq!(ready.json()["checks"]["rate_limits"], "memory-fallback");
+    let metrics = String::from_utf8(send(&app, get("/metrics")).await.body).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tessera_rate_limit_fallback 1"),
+        "{metrics}"
+    );
 
     let _back = OwnRedis::start(port).expect("restart redis-server");
     let mut shared = false;

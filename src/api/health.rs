@@ -13,7 +13,8 @@ const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
-        .service(resource("/readyz", "GET").route(web::get().to(readyz)));
+        .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -45,7 +46,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let degraded = matches!(
         revocations,
         MirrorState::Unavailable | MirrorState::Rebuilding
-    );
+    ) || state.limiter.backend() == "memory-fallback";
     let status = match (ready, degraded) {
         (false, _) => "unavailable",
         (true, true) => "degraded",
@@ -53,11 +54,78 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     let body = json!({
         "status": status,
-        "checks": { "database": database, "signing_key": signing_key, "revocation_list": revocations.as_str() },
+        "checks": {
+            "database": database,
+            "signing_key": signing_key,
+            "revocation_list": revocations.as_str(),
+            "rate_limits": state.limiter.backend(),
+        },
     });
     if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// Prometheus text exposition (format 0.0.4) of the few figures operators alert on.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let pool = state.accounts.hashing_stats();
+    let keys = state.keys.current();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "tessera_password_hashes_total",
+        "counter",
+        "Argon2id hashes computed.",
+        &[("", pool.computed.load(Relaxed))],
+    );
+    metric(
+        "tessera_password_hash_shed_total",
+        "counter",
+        "Hashing requests refused with 503 because the queue was full.",
+        &[("", pool.shed.load(Relaxed))],
+    );
+    metric(
+        "tessera_password_hash_abandoned_total",
+        "counter",
+        "Queued hashing requests dropped because the caller had gone.",
+        &[("", pool.abandoned.load(Relaxed))],
+    );
+    let backend = state.limiter.backend();
+    metric(
+        "tessera_rate_limit_fallback",
+        "gauge",
+        "1 while Redis is unreachable and rate limits are counted in this replica only.",
+        &[("", u64::from(backend == "memory-fallback"))],
+    );
+    let mirror = state.revocations.state();
+    metric(
+        "tessera_revocation_mirror_degraded",
+        "gauge",
+        "1 while revocation checks fall back to the database (Redis unreachable or rebuilding).",
+        &[(
+            "",
+            u64::from(matches!(
+                mirror,
+                MirrorState::Unavailable | MirrorState::Rebuilding
+            )),
+        )],
+    );
+    metric(
+        "tessera_signing_key_present",
+        "gauge",
+        "1 when a signing key is active.",
+        &[("", u64::from(keys.signer_at(state.keys.now()).is_some()))],
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
 }

@@ -259,7 +259,12 @@ impl Hasher {
 
     fn submit(&self, job: Job) -> Result<(), HashError> {
         self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => HashError::Overloaded,
+            TrySendError::Full(_) => {
+                self.stats
+                    .shed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                HashError::Overloaded
+            }
             TrySendError::Disconnected(_) => HashError::Stopped,
         })
     }
@@ -270,6 +275,8 @@ impl Hasher {
 pub struct PoolStats {
     pub computed: std::sync::atomic::AtomicU64,
     pub abandoned: std::sync::atomic::AtomicU64,
+    /// Refused at once because the queue was full.
+    pub shed: std::sync::atomic::AtomicU64,
 }
 
 fn worker(rx: &Mutex<Receiver<Job>>, engine: &Engine, stats: &PoolStats) {

@@ -152,6 +152,11 @@ impl Accounts {
         }
     }
 
+    /// What the hashing pool has done (for `/metrics`).
+    pub fn hashing_stats(&self) -> &crate::crypto::password::PoolStats {
+        self.hasher.stats()
+    }
+
     /// Registers an account. Both fields are checked before anything is reported, so the
     /// client sees every problem at once.
     #[tracing::instrument(skip_all)]
