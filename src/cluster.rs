@@ -38,6 +38,13 @@ impl KeyEvents for RedisKeyEvents {
     }
 }
 
+/// Announces a key change and waits until Redis has taken it (the CLI, which exits next).
+pub async fn announce(conn: &ConnectionManager) -> Result<(), redis::RedisError> {
+    let mut conn = conn.clone();
+    let _receivers: i64 = conn.publish(KEYS_CHANNEL, "changed").await?;
+    Ok(())
+}
+
 /// Follows key-change announcements until the process ends, reloading the key ring on each.
 /// Reconnects after a Redis outage, reloading once on reconnect in case a message was missed.
 pub async fn follow_key_changes(client: redis::Client, ring: Arc<KeyRing>) {

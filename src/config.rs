@@ -121,8 +121,10 @@ impl Default for RedisSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    /// Proxies (comma-separated CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
+    /// Proxies (comma-separated CIDRs) whose forwarding header is believed.
     pub trusted_proxies: String,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub forwarded_header: String,
     pub login_per_ip: String,
     /// Per normalised e-mail (hashed in the key), whether or not the account exists.
     pub login_per_account: String,
@@ -145,6 +147,7 @@ impl Default for RateLimitSettings {
         RateLimitSettings {
             enabled: true,
             trusted_proxies: String::new(),
+            forwarded_header: "x-forwarded-for".into(),
             login_per_ip: "30/1m".into(),
             login_per_account: "10/5m".into(),
             register_per_ip: "20/1h".into(),
@@ -486,6 +489,15 @@ impl Settings {
         ] {
             crate::limits::rate::parse_policy("check", text).map_err(|e| invalid(name, e))?;
         }
+        if !matches!(
+            self.rate_limits.forwarded_header.as_str(),
+            "x-forwarded-for" | "forwarded"
+        ) {
+            return Err(invalid(
+                "rate_limits.forwarded_header",
+                "must be x-forwarded-for or forwarded",
+            ));
+        }
         if self.rate_limits.backoff_after == 0 {
             return Err(invalid("rate_limits.backoff_after", "must be at least 1"));
         }
@@ -576,6 +588,12 @@ impl Settings {
             }
             if issuer.scheme() != "https" {
                 unsafe_settings.push("tokens.issuer must be an https URL");
+            }
+            if !self.rate_limits.enabled {
+                unsafe_settings.push("rate_limits.enabled must be true");
+            }
+            if self.password.min_strength < 2 {
+                unsafe_settings.push("password.min_strength must be at least 2");
             }
             if self.tokens.access_ttl < Duration::from_secs(60) {
                 unsafe_settings.push("tokens.access_ttl must be at least 1m");
@@ -688,13 +706,38 @@ fn redact_opt_url_password<S: Serializer>(value: &Option<String>, s: S) -> Resul
 }
 
 fn redact_url_password<S: Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
-    match url::Url::parse(value) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            s.serialize_str(u.as_str())
-        }
-        _ => s.serialize_str(value),
+    s.serialize_str(&redacted_url(value))
+}
+
+/// A URL with its password hidden, whether in the userinfo or a `password=` parameter.
+fn redacted_url(value: &str) -> String {
+    let Ok(mut u) = url::Url::parse(value) else {
+        return value.to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("redacted"));
     }
+    if u.query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword"))
+    {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret =
+                    k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "redacted".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// Durations as humane strings (`15m`, `30d`, `500ms`).
@@ -742,11 +785,12 @@ mod tests {
         let mut s = Settings::default();
         s.keys.kek = Some(SecretString::from("c2VjcmV0LWtlay12YWx1ZQ=="));
         s.password.pepper = Some(SecretString::from("pepper-value"));
-        s.database.url = "postgres://app:dbpass@db/tessera".into();
+        s.database.url = "postgres://app:dbpass@db/tessera?sslmode=require&password=qpass".into();
         let out = s.redacted_toml();
         assert!(!out.contains("c2VjcmV0"), "{out}");
         assert!(!out.contains("pepper-value"), "{out}");
-        assert!(!out.contains("dbpass"), "{out}");
+        assert!(!out.contains("dbpass") && !out.contains("qpass"), "{out}");
+        assert!(out.contains("sslmode=require"), "{out}");
         assert!(out.contains("[redacted]"), "{out}");
         assert!(out.contains("access_ttl = \"15m\""), "{out}");
     }

@@ -93,11 +93,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tessera::telemetry::init(&settings.log);
+    // The service logs to stdout; other commands keep stdout for their own output.
+    let serving = matches!(cli.command, Command::Serve);
+    tessera::telemetry::init(&settings.log, !serving);
     match run(cli.command, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!(error = %message, "tessera failed");
+            if serving {
+                tracing::error!(error = %message, "tessera failed");
+            }
             eprintln!("tessera: {message}");
             ExitCode::FAILURE
         }
@@ -178,6 +182,7 @@ async fn keys(command: KeysCommand, settings: Settings) -> Result<(), String> {
         );
     };
     let t = ring.now();
+    let changes = !matches!(command, KeysCommand::List);
     match command {
         KeysCommand::List => {
             for (r, state) in ring.list().await.map_err(|e| e.to_string())? {
@@ -216,7 +221,24 @@ async fn keys(command: KeysCommand, settings: Settings) -> Result<(), String> {
             println!("re-sealed {moved} key(s) under the current KEK");
         }
     }
+    announce_to_replicas(&settings, changes).await;
     Ok(())
+}
+
+/// Tells running replicas (through Redis, when configured) to re-read the keys now rather
+/// than at their next `keys.reload_interval`.
+async fn announce_to_replicas(settings: &Settings, changed: bool) {
+    if !changed {
+        return;
+    }
+    match tessera::startup::redis_connection(settings) {
+        Ok(Some((_, conn))) => match tessera::cluster::announce(&conn).await {
+            Ok(()) => println!("announced to running replicas"),
+            Err(e) => eprintln!("could not announce over Redis ({e}); running replicas pick the change up within keys.reload_interval"),
+        },
+        Ok(None) => println!("running replicas pick the change up within keys.reload_interval (no Redis configured)"),
+        Err(e) => eprintln!("{e}"),
+    }
 }
 
 fn serve(settings: Settings) -> Result<(), String> {

@@ -181,6 +181,7 @@ pub async fn build_state_with_clock(
 ) -> Result<AppState, StartupError> {
     let (db, keys) = open_key_ring(&settings, clock).await?;
     let retain = i64::try_from(settings.retire_grace().as_secs()).unwrap_or(i64::MAX / 4);
+    let leeway = i64::try_from(settings.tokens.leeway.as_secs()).unwrap_or(0);
     let redis = redis_connection(&settings)?.map(|(_, conn)| conn);
     let policies = crate::api::limit::Policies::from_settings(&settings.rate_limits)
         .map_err(StartupError::Limits)?;
@@ -205,8 +206,9 @@ pub async fn build_state_with_clock(
             db.clone(),
             RedisMirror::new(conn, &settings.redis.key_prefix),
             retain,
+            leeway,
         ),
-        None => Revocations::in_memory(db.clone(), retain),
+        None => Revocations::in_memory(db.clone(), retain, leeway),
     };
     revocations.warm().await?;
     let hasher = Hasher::start(
@@ -314,12 +316,7 @@ pub async fn revocation_duty(state: AppState) {
         }
         ticks += 1;
         if ticks.is_multiple_of(300) {
-            let t = crate::domain::now();
-            if let Err(e) = state
-                .db
-                .run(move |c| crate::store::sessions::prune(c, t))
-                .await
-            {
+            if let Err(e) = state.revocations.prune().await {
                 tracing::warn!(error = %e, "pruning expired revocations failed");
             }
         }

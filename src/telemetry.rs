@@ -5,11 +5,18 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogSettings;
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
-pub fn init(settings: &LogSettings) {
+/// Installs the global subscriber once; later calls (tests) are ignored. CLI commands log
+/// plain lines to stderr.
+pub fn init(settings: &LogSettings, to_stderr: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let result = if settings.format == "pretty" {
+    let result = if to_stderr {
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init()
+    } else if settings.format == "pretty" {
         fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stdout)

@@ -26,6 +26,10 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
+    // Two Authorization headers are ambiguous (RFC 6750 §3.1 invalid_request): refuse.
+    if req.headers().get_all(header::AUTHORIZATION).count() > 1 {
+        return Err(ApiError::InvalidToken);
+    }
     let value = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -20,6 +20,7 @@ pub struct Policies {
     pub register_per_ip: Policy,
     pub refresh_per_ip: Policy,
     pub admin_per_user: Policy,
+    pub forwarded_header: ForwardedHeader,
 }
 
 impl Policies {
@@ -31,6 +32,11 @@ impl Policies {
             register_per_ip: parse_policy("register-ip", &s.register_per_ip)?,
             refresh_per_ip: parse_policy("refresh-ip", &s.refresh_per_ip)?,
             admin_per_user: parse_policy("admin-user", &s.admin_per_user)?,
+            forwarded_header: match s.forwarded_header.as_str() {
+                "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+                "forwarded" => ForwardedHeader::Forwarded,
+                other => return Err(format!("rate_limits.forwarded_header: {other:?} is neither x-forwarded-for nor forwarded")),
+            },
         })
     }
 }
@@ -38,13 +44,30 @@ impl Policies {
 /// The client's address: the peer, unless the peer is a trusted proxy; then the
 /// forwarding chain is read right to left and the first untrusted hop is the client. A
 /// header from an untrusted peer changes nothing (it is trivially spoofed).
-pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+pub fn client_ip(req: &HttpRequest, state: &super::AppState) -> Option<IpAddr> {
+    address_of(req, &state.trusted_proxies, state.policies.forwarded_header)
+}
+
+/// Which forwarding header the trusted proxies write. Only that one is read: a proxy that
+/// appends to `X-Forwarded-For` passes a client's own `Forwarded` header through untouched,
+/// so reading both would let a client choose its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
+}
+
+fn address_of(
+    req: &HttpRequest,
+    trusted: &[ipnet::IpNet],
+    header: ForwardedHeader,
+) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let chain = forwarded_chain(req);
+    let chain = forwarded_chain(req, header);
     for hop in chain.iter().rev() {
         if !is_trusted(hop) {
             return Some(*hop);
@@ -53,9 +76,9 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> 
     Some(chain.first().copied().unwrap_or(peer))
 }
 
-/// Hops named by `Forwarded` (RFC 7239 `for=`) or, without it, `X-Forwarded-For`, left to
-/// right. Unparseable entries (obfuscated identifiers, `unknown`) are skipped.
-fn forwarded_chain(req: &HttpRequest) -> Vec<IpAddr> {
+/// Hops named by the configured header (`X-Forwarded-For`, or RFC 7239 `Forwarded`
+/// `for=`), left to right. Unparseable entries (obfuscated identifiers, `unknown`) are skipped.
+fn forwarded_chain(req: &HttpRequest, header: ForwardedHeader) -> Vec<IpAddr> {
     let headers = req.headers();
     let values = |name: &str| {
         headers
@@ -64,9 +87,8 @@ fn forwarded_chain(req: &HttpRequest) -> Vec<IpAddr> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let forwarded = values("forwarded");
-    if !forwarded.is_empty() {
-        return forwarded
+    if header == ForwardedHeader::Forwarded {
+        return values("forwarded")
             .split(',')
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {

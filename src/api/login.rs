@@ -17,7 +17,7 @@ async fn login(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let (email, password) = credentials(body.into_inner())?;
-    let ip = super::limit::client_ip(&req, &state.trusted_proxies);
+    let ip = super::limit::client_ip(&req, &state);
     let account = super::limit::account_bucket(&email);
     // Both limits and the account's backoff lock in one round trip, before any hashing:
     // the same answer whether or not the account exists.

@@ -20,7 +20,7 @@ use super::extract::Authenticated;
 use super::{resource, AppState};
 use crate::config::Settings;
 use crate::error::{ApiError, OAuthError};
-use crate::service::TokenGrant;
+use crate::service::{AccountError, TokenGrant};
 
 pub(crate) const CSRF_HEADER: &str = "x-tessera-csrf";
 
@@ -124,7 +124,7 @@ async fn token(
     if by_cookie && !(browser_origin(&req, settings) && req.headers().contains_key(CSRF_HEADER)) {
         return Err(OAuthError::CrossSite);
     }
-    let ip = super::limit::client_ip(&req, &state.trusted_proxies);
+    let ip = super::limit::client_ip(&req, &state);
     let bucket = [(
         state.policies.refresh_per_ip,
         format!("refresh:ip:{}", super::limit::ip_bucket(ip)),
@@ -136,8 +136,12 @@ async fn token(
         Ok(grant) => Ok(token_response(&req, settings, grant)),
         Err(e) => {
             let err = OAuthError::from(e);
-            if by_cookie && matches!(err, OAuthError::InvalidGrant(_)) {
-                // A dead cookie is cleared so the frontend sends the user to log in.
+            // A dead cookie is cleared so the frontend sends the user to log in; a cookie
+            // another tab has just rotated is not dead, and the browser already holds the
+            // replacement.
+            if by_cookie
+                && matches!(err, OAuthError::InvalidGrant(why) if why != crate::service::sessions::ALREADY_USED)
+            {
                 let mut res = actix_web::ResponseError::error_response(&err);
                 clear_cookie(&mut res, settings);
                 return Ok(res);
@@ -181,6 +185,7 @@ async fn logout(
 }
 
 async fn change_password(
+    req: HttpRequest,
     auth: Authenticated,
     state: web::Data<AppState>,
     body: web::Json<serde_json::Value>,
@@ -189,9 +194,37 @@ async fn change_password(
     let current = zeroize::Zeroizing::new(fields.string("current_password"));
     let new = zeroize::Zeroizing::new(fields.string("new_password"));
     fields.finish()?;
-    state
+    // A stolen access token must not buy unlimited guesses at the current password: the
+    // same per-account budget and backoff as login, checked before any hashing.
+    let p = &state.policies;
+    let account = format!("user:{}", auth.0.sub);
+    let bucket = [(p.login_per_account, format!("password:{}", auth.0.sub))];
+    super::limit::enforce(
+        &req,
+        &state.limiter,
+        p,
+        &bucket,
+        Some(&format!("lock:{account}")),
+    )
+    .await
+    .map_err(|_| ApiError::RateLimited)?;
+    match state
         .accounts
         .change_password(&auth.0, &current, &new)
-        .await?;
-    Ok(HttpResponse::NoContent().finish())
+        .await
+    {
+        Ok(()) => {
+            if p.enabled {
+                state.limiter.login_succeeded(&account).await;
+            }
+            Ok(HttpResponse::NoContent().finish())
+        }
+        Err(AccountError::Invalid(fields)) => {
+            if p.enabled && fields.iter().any(|f| f.field == "current_password") {
+                state.limiter.login_failed(&account).await;
+            }
+            Err(ApiError::ValidationFailed(fields))
+        }
+        Err(other) => Err(other.into()),
+    }
 }

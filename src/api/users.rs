@@ -17,7 +17,7 @@ async fn register(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let (email, password) = credentials(body.into_inner())?;
-    let ip = super::limit::client_ip(&req, &state.trusted_proxies);
+    let ip = super::limit::client_ip(&req, &state);
     let bucket = [(
         state.policies.register_per_ip,
         format!("register:ip:{}", super::limit::ip_bucket(ip)),

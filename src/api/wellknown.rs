@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Issuer metadata, serialised once at start-up. It lists only endpoints that exist.
+/// Issuer metadata, serialised once at start-up. It lists only endpoints and grants that
+/// exist (password login is `/v1/login`, not an OAuth grant).
 pub struct Discovery {
     body: String,
     cache_control: String,
@@ -33,6 +34,11 @@ impl Discovery {
         let body = json!({
             "issuer": settings.tokens.issuer,
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "token_endpoint": format!("{issuer}/v1/token"),
+            "revocation_endpoint": format!("{issuer}/v1/revoke"),
+            "grant_types_supported": ["refresh_token"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algs,
         })

@@ -239,8 +239,9 @@ impl Verifier {
         if !typ_ok {
             return Err(TokenError::WrongType);
         }
-        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` means reject.
-        if header.crit.is_some() {
+        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` member means reject,
+        // even `"crit": null`, which the typed header would read as absent.
+        if header.crit.is_some() || raw_header_has(token, "crit") {
             return Err(TokenError::CriticalHeader);
         }
         let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
@@ -275,13 +276,30 @@ impl Verifier {
         if now >= data.claims.exp.saturating_add(leeway) {
             return Err(TokenError::Expired);
         }
-        if now.saturating_add(leeway) < data.claims.nbf {
+        // Also `iat`: a token "issued" in the future would slip past every "tokens issued
+        // before T are invalid" mark.
+        if now.saturating_add(leeway) < data.claims.nbf
+            || now.saturating_add(leeway) < data.claims.iat
+        {
             return Err(TokenError::NotYetValid);
         }
         let mut claims = data.claims;
         claims.kid = Some(kid.to_owned());
         Ok(claims)
     }
+}
+
+/// Whether the token's JOSE header has a member `name` at all (whatever its value).
+fn raw_header_has(token: &str, name: &str) -> bool {
+    use base64::Engine;
+    let Some(first) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|v| v.get(name).is_some())
 }
 
 #[cfg(test)]
@@ -352,6 +370,12 @@ mod tests {
             Err(TokenError::NotYetValid)
         );
         let mut c = claims(now);
+        c.iat = now + 3 * 365 * 24 * 3600;
+        assert_eq!(
+            verifier.verify(&signer.sign(&c).unwrap()),
+            Err(TokenError::NotYetValid)
+        );
+        let mut c = claims(now);
         c.iss = "https://evil.example".into();
         assert_eq!(
             verifier.verify(&signer.sign(&c).unwrap()),
@@ -403,6 +427,12 @@ mod tests {
             body
         );
         assert_eq!(verifier.verify(&crit), Err(TokenError::CriticalHeader));
+        let crit_null = format!(
+            "{}.{}.AAAA",
+            b64url(br#"{"alg":"ES256","typ":"at+jwt","kid":"k1","crit":null}"#),
+            body
+        );
+        assert_eq!(verifier.verify(&crit_null), Err(TokenError::CriticalHeader));
         assert_eq!(verifier.verify("garbage"), Err(TokenError::Malformed));
     }
 }

@@ -48,6 +48,7 @@ impl Email {
             || local.chars().any(|c| {
                 c.is_whitespace()
                     || c.is_control()
+                    || is_invisible(c)
                     || matches!(
                         c,
                         '"' | '(' | ')' | ',' | ':' | ';' | '<' | '>' | '[' | '\\' | ']'
@@ -80,6 +81,13 @@ impl Email {
     pub fn local_part(&self) -> &str {
         self.0.rsplit_once('@').map(|(l, _)| l).unwrap_or(&self.0)
     }
+}
+
+/// Format characters that render as nothing or reorder text (zero-width spaces and joiners,
+/// bidi controls, word joiner, BOM, soft hyphen): they make look-alike addresses
+/// (`dave\u{200b}@…` beside `dave@…`) and have no place in a mailbox name.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// A dotted host name of at least two labels, each 1–63 letters, digits or hyphens, not
@@ -135,6 +143,9 @@ mod tests {
     #[test]
     fn malformed_addresses_are_refused() {
         for bad in [
+            "dave\u{200b}@example.com",
+            "gro.evil\u{202e}@example.com",
+            "a\u{feff}b@example.com",
             "",
             "   ",
             "plain",

@@ -58,6 +58,8 @@ pub struct Revocations {
     mirror: Mirror,
     /// How long a user mark matters: the access-token lifetime plus leeway.
     retain: i64,
+    /// Verifiers accept a token until `exp + leeway`, so a revocation is kept that long.
+    leeway: i64,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -67,19 +69,26 @@ impl std::fmt::Debug for Revocations {
 }
 
 impl Revocations {
-    pub fn in_memory(db: Db, retain: i64) -> Arc<Revocations> {
+    pub fn in_memory(db: Db, retain: i64, leeway: i64) -> Arc<Revocations> {
         Arc::new(Revocations {
             db,
             mirror: Mirror::Memory(memory::MemoryMirror::default()),
             retain,
+            leeway,
         })
     }
 
-    pub fn with_redis(db: Db, mirror: redis::RedisMirror, retain: i64) -> Arc<Revocations> {
+    pub fn with_redis(
+        db: Db,
+        mirror: redis::RedisMirror,
+        retain: i64,
+        leeway: i64,
+    ) -> Arc<Revocations> {
         Arc::new(Revocations {
             db,
             mirror: Mirror::Redis(mirror),
             retain,
+            leeway,
         })
     }
 
@@ -101,9 +110,10 @@ impl Revocations {
         self.db
             .run(move |c| session_store::revoke_jti(c, &j, &u, expires_at, t))
             .await?;
+        let keep_until = expires_at + self.leeway;
         match &self.mirror {
-            Mirror::Memory(m) => m.insert(jti, expires_at),
-            Mirror::Redis(r) => r.put_token(jti, expires_at - t).await,
+            Mirror::Memory(m) => m.insert(jti, keep_until),
+            Mirror::Redis(r) => r.put_token(jti, keep_until - t).await,
         }
         Ok(())
     }
@@ -157,6 +167,15 @@ impl Revocations {
             .await
     }
 
+    /// Deletes revocations no verifier can need any more (token expired beyond the leeway)
+    /// and expired refresh tokens.
+    pub async fn prune(&self) -> Result<usize, StoreError> {
+        let (t, leeway) = (now(), self.leeway);
+        self.db
+            .run(move |c| session_store::prune(c, t, leeway))
+            .await
+    }
+
     /// Re-publishes every unexpired revocation from the database when the mirror lost data
     /// or missed writes; a no-op for the in-process mirror or a healthy Redis.
     pub async fn maintain(&self) -> Result<(), StoreError> {
@@ -166,17 +185,21 @@ impl Revocations {
         if !r.needs_republish().await {
             return Ok(());
         }
-        let t = now();
+        let (t, leeway) = (now(), self.leeway);
         let since = t - self.retain;
         let (tokens, marks) = self
             .db
             .run(move |c| {
                 Ok((
-                    session_store::unexpired_revocations(c, t)?,
+                    session_store::unexpired_revocations(c, t - leeway)?,
                     session_store::recent_user_marks(c, since)?,
                 ))
             })
             .await?;
+        let tokens: Vec<(String, UnixTime)> = tokens
+            .into_iter()
+            .map(|(jti, exp)| (jti, exp + leeway))
+            .collect();
         r.republish(&tokens, &marks, t, self.retain).await;
         Ok(())
     }
@@ -185,13 +208,13 @@ impl Revocations {
     pub async fn warm(&self) -> Result<(), StoreError> {
         match &self.mirror {
             Mirror::Memory(m) => {
-                let t = now();
+                let (t, leeway) = (now(), self.leeway);
                 let tokens = self
                     .db
-                    .run(move |c| session_store::unexpired_revocations(c, t))
+                    .run(move |c| session_store::unexpired_revocations(c, t - leeway))
                     .await?;
                 for (jti, exp) in tokens {
-                    m.insert(&jti, exp);
+                    m.insert(&jti, exp + leeway);
                 }
                 Ok(())
             }

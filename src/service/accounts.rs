@@ -83,8 +83,7 @@ pub struct NewAccount {
 }
 
 /// What a login or a refresh hands out: an access token and the session's next refresh
-/// token (shown once; only its hash is stored).
-#[derive(Debug)]
+/// token (shown once; only its hash is stored). `Debug` shows neither token.
 pub struct TokenGrant {
     pub access_token: String,
     pub expires_in: u64,
@@ -98,6 +97,15 @@ pub struct Profile {
     pub email: Email,
     pub roles: Vec<String>,
     pub created_at: UnixTime,
+}
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("session_id", &self.session_id)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Token settings the use-cases need.
@@ -415,11 +423,12 @@ impl Accounts {
                         return Ok(None);
                     }
                 }
+                // Every user token names its session; one that does not was not issued here.
                 let session_live = match &sid {
                     Some(sid) => {
                         session_store::find_session(c, sid)?.is_some_and(|s| s.revoked_at.is_none())
                     }
-                    None => true,
+                    None => false,
                 };
                 let roles = users::roles(c, &id)?;
                 Ok(Some((user, roles, session_live)))

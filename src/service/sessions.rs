@@ -10,6 +10,10 @@ use crate::store::StoreError;
 
 use super::accounts::{secs, AccountError, Accounts, FieldError, TokenGrant};
 
+/// The refusal of a token rotated a moment ago (another tab won the race): the session
+/// lives on, so a browser's cookie, already replaced by the winner, must not be cleared.
+pub const ALREADY_USED: &str = "the refresh token was already used";
+
 /// What a refresh attempt found, decided inside one transaction.
 enum Refresh {
     Rotated {
@@ -111,9 +115,7 @@ impl Accounts {
                     "the refresh token was already used; the session has been ended",
                 ))
             }
-            Refresh::AlreadyUsed => Err(AccountError::InvalidGrant(
-                "the refresh token was already used",
-            )),
+            Refresh::AlreadyUsed => Err(AccountError::InvalidGrant(ALREADY_USED)),
             Refresh::Invalid(why) => Err(AccountError::InvalidGrant(why)),
         }
     }
@@ -126,6 +128,9 @@ impl Accounts {
         claims: &AccessClaims,
         everywhere: bool,
     ) -> Result<(), AccountError> {
+        // Online check first: a token already revoked (or of an ended session) must not be
+        // able to end the user's other sessions.
+        self.profile(claims).await?;
         let (t, user_id, sid) = (self.keys.now(), claims.sub.clone(), claims.sid.clone());
         let event = AuditEvent {
             kind: AuditKind::Logout,

@@ -54,6 +54,13 @@ pub(crate) fn db_error(e: DieselError) -> StoreError {
         DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
             StoreError::Unavailable(e.to_string())
         }
+        // A writer that waited out busy_timeout: the database is overloaded, not the
+        // request wrong.
+        DieselError::DatabaseError(_, ref info)
+            if info.message().contains("database is locked") =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         other => StoreError::Query(other.to_string()),
     }
 }
@@ -89,11 +96,28 @@ impl Target {
         }
     }
 
+    /// The database file's path, its directory created owner-only (0700) and the file
+    /// itself created owner-only (0600): it holds password hashes and sealed keys. SQLite
+    /// gives its -wal and -shm files the database file's mode.
     fn sqlite_path(path: &std::path::Path) -> Result<String, StoreError> {
+        let unavailable = |what: &std::path::Path, e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", what.display()))
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            if !parent.exists() {
+                let mut dir = std::fs::DirBuilder::new();
+                dir.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+                dir.create(parent).map_err(|e| unavailable(parent, e))?;
+            }
+        }
+        if !path.exists() {
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+            file.open(path).map_err(|e| unavailable(path, e))?;
         }
         path.to_str()
             .map(str::to_owned)
@@ -239,9 +263,30 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |conn| {
-            conn.transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Store))
-                .map_err(TxError::into_store)
+        self.run(move |conn| match conn {
+            // SQLite: take the write lock when the transaction begins. A deferred
+            // transaction that reads and then writes cannot wait for a concurrent writer
+            // (SQLite refuses the lock upgrade at once with "database is locked");
+            // BEGIN IMMEDIATE waits for it under busy_timeout instead.
+            DbConnection::Sqlite(_) => {
+                conn.batch_execute("BEGIN IMMEDIATE").map_err(db_error)?;
+                match f(conn) {
+                    Ok(v) => match conn.batch_execute("COMMIT") {
+                        Ok(()) => Ok(v),
+                        Err(e) => {
+                            let _ = conn.batch_execute("ROLLBACK");
+                            Err(db_error(e))
+                        }
+                    },
+                    Err(e) => {
+                        let _ = conn.batch_execute("ROLLBACK");
+                        Err(e)
+                    }
+                }
+            }
+            DbConnection::Postgres(_) => conn
+                .transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Store))
+                .map_err(TxError::into_store),
         })
         .await
     }

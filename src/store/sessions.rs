@@ -173,7 +173,7 @@ pub fn is_jti_revoked(conn: &mut DbConnection, jti: &str) -> Result<bool, StoreE
     Ok(n > 0)
 }
 
-/// Revoked access tokens that have not yet expired: (jti, expires_at).
+/// Revocations of tokens expiring after `t`: (jti, expires_at). Callers pass `now - leeway`.
 pub fn unexpired_revocations(
     conn: &mut DbConnection,
     t: UnixTime,
@@ -221,8 +221,10 @@ pub fn mark_user(
 }
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired refresh tokens.
-pub fn prune(conn: &mut DbConnection, t: UnixTime) -> Result<usize, StoreError> {
-    let a = diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.le(t)))
+/// A revocation is kept until its token's `exp + leeway`, the last instant a verifier with
+/// that leeway could still accept the token.
+pub fn prune(conn: &mut DbConnection, t: UnixTime, leeway: i64) -> Result<usize, StoreError> {
+    let a = diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.le(t - leeway)))
         .execute(conn)
         .map_err(db_error)?;
     let b = diesel::delete(refresh_tokens::table.filter(refresh_tokens::expires_at.le(t)))
