@@ -145,10 +145,7 @@ async fn run() -> Result<(), String> {
     }
     if let Some(reason) = reachable(&url).await? {
         println!("revocation: SKIPPED: {reason}");
-        println!(
-            "revocation_skipped={}",
-            reason.replace(char::is_whitespace, "_")
-        );
+        println!("revocation_skipped={}", reason.replace(['\n', '\r'], " "));
         return Ok(());
     }
 
@@ -180,7 +177,7 @@ async fn run() -> Result<(), String> {
         mirror.user_key(&sub),
     ];
     let ready_key = mirror.ready_key();
-    let revocations = Revocations::with_redis(db, mirror, RETAIN_SECS);
+    let revocations = Revocations::with_redis(db, mirror, RETAIN_SECS, 30);
     revocations.warm().await.map_err(|e| format!("warm: {e}"))?;
     if revocations.state() != MirrorState::Ok {
         return Err(format!(
