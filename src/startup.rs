@@ -74,7 +74,11 @@ fn dev_kek(path: &Path) -> Result<Kek, StartupError> {
         |e: std::io::Error| StartupError::Kek(format!("development KEK {}: {e}", path.display()));
     if !path.exists() {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(err)?;
         }
         let text = Kek::generate_base64().map_err(|e| StartupError::Kek(e.to_string()))?;
         let mut file = open_private(path).map_err(err)?;
