@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Login throughput and memory report for Tessera (DESIGN §6: the hashing pool).
+# Login, signing, refresh, revocation and memory report for Tessera (DESIGN §5–6).
 #
 #   bash benches/run.sh            (from anywhere; `make bench` runs it from the repo root)
 #
@@ -10,8 +10,33 @@
 #    at 32 connections, then peak RSS;
 # 3. a summary with each figure against its target (OK / MISS).
 #
+# Then, after that summary's figures are taken (issues 3-5):
+# 4. JWKS vs /healthz on the same embedded server: wrk at 16 connections on each, requests/s
+#    and p99; target JWKS rate >= 0.9 x healthz rate;
+# 5. login flood on the same embedded server (its rate limits are off, see below, so the load
+#    reaches the hashing pool): JWKS p50/p99 at rest (wrk -c4), then a wrong-password login
+#    flood at 64 connections with a second wrk -c4 on the JWKS meanwhile; targets: JWKS p99
+#    under flood <= 1.5 x at rest or <= 1 ms, completed logins (401s; 503s are shed and
+#    counted apart) >= 0.9 x the raw Argon2 rate, peak RSS during the flood <= 64 MiB; then,
+#    for information, the same flood without the JWKS probe;
+# 6. signing cost per algorithm (benches/signing.rs): Signer::sign against the raw signature
+#    of the same key (ring / aws-lc-rs), and a naive jsonwebtoken::encode; target <= 1.1 x;
+# 7. revocation check (benches/revocation.rs): Revocations::is_revoked against a Redis-backed
+#    mirror vs a bare Redis GET on the same connection kind; target <= 1.2 x;
+# 8. refresh grant throughput on PostgreSQL + Redis: a fresh database (created with psql,
+#    dropped at the end), a random Redis key prefix (deleted at the end), rate limits off,
+#    cheap Argon2 parameters for the setup logins; for each database pool size in
+#    BENCH_REFRESH_POOLS, the release server, one login per token, then wrk
+#    (benches/refresh.lua) rotating refresh tokens at BENCH_REFRESH_CONNS connections, and
+#    /healthz on the same server; the best pool size is reported; target >= 2,400/s;
+# 9. Redis round trips per login: a server on SQLite with Redis and rate limits ENABLED,
+#    Redis MONITOR around one failed and one successful login;
+# 10. a combined summary with every target (OK / MISS) and the server problems seen.
+#
 # It is a report, not a test: a MISS does not fail it. It exits non-zero only when something
-# could not be measured (build, server start, registration, wrk, ...).
+# could not be measured (build, server start, registration, wrk, ...). A section that needs
+# PostgreSQL or Redis and cannot reach it is reported NOT MEASURED in the combined summary,
+# the other sections still run, and the script then exits 1.
 #
 # Login rates in the ratios count 2xx answers only: a shed request (503) is answered in
 # microseconds and would otherwise inflate the rate. Between load runs the script waits until
@@ -21,15 +46,20 @@
 # The service's hashing threads run at nice +10, the raw bench at normal priority, so any
 # other CPU load on the machine hurts the login figures far more than the raw one. The
 # summary shows how many cores other processes used during each measurement ("foreign CPU");
-# trust the ratios only when that is near zero.
+# trust the ratios only when that is near zero. In the refresh section PostgreSQL and Redis
+# are not foreign: their CPU is shown apart.
 #
 # The server runs with TESSERA__RATE_LIMITS__ENABLED=false unless that is set: one account
 # logging in at full speed would otherwise be answered 429 after a few attempts.
 #
-# Environment: BENCH_SECONDS (each wrk run, default 10 s; also the argon2 bench's duration
-# when set, otherwise that one runs its own default of 5 s), and the service's own
-# TESSERA__PASSWORD__* settings, which both the raw bench and the server read.
-# Artefacts (server log, wrk outputs) are kept in target/bench-login/.
+# Environment: BENCH_SECONDS (each wrk run, default 10 s; also the argon2 and signing
+# benches' total duration when set, otherwise those run their own default of 5 s), the
+# service's own TESSERA__PASSWORD__* settings, which both the raw bench and the embedded
+# server read, BENCH_PG_URL (PostgreSQL server, default postgres://postgres@127.0.0.1:5432),
+# BENCH_REDIS_URL (default redis://127.0.0.1:6379), BENCH_REFRESH_POOLS (database pool sizes
+# to try, default "8 16 32"), BENCH_REFRESH_CONNS (wrk connections for the refresh run,
+# default 32), BENCH_REVOCATION_N (calls per variant, default 20000).
+# Artefacts (server logs, wrk and bench outputs) are kept in target/bench-login/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,12 +76,38 @@ OUT_DIR="$PWD/target/bench-login"
 # One account logging in thousands of times a second is exactly what the login rate limits
 # (DESIGN §6) stop; this measures the hashing pool, so they are off unless the caller says so.
 RATE_LIMITS_ENABLED="${TESSERA__RATE_LIMITS__ENABLED:-false}"
+# Targets and settings of the sections added for issues 3-5 (see the header).
+JWKS_CONNS=16
+JWKS_RATIO_TARGET=0.9
+SIGN_RATIO_TARGET=1.1
+SIGN_ALGS=(ES256 EdDSA RS256)
+REVOCATION_RATIO_TARGET=1.2
+REFRESH_TARGET=2400
+REFRESH_CONNS="${BENCH_REFRESH_CONNS:-32}"
+read -r -a REFRESH_POOLS <<<"${BENCH_REFRESH_POOLS:-8 16 32}"
+FLOOD_CONNS=64
+PROBE_CONNS=4
+FLOOD_P99_FACTOR=1.5
+FLOOD_P99_ABS_MS=1
+FLOOD_RATIO_TARGET=0.9
+FLOOD_RSS_TARGET_MIB=64
+PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+PG_URL="${PG_URL%/}"
+REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
+# Cheap Argon2 for the servers whose logins are only setup (refresh) or counted (round trips).
+CHEAP_HASH=(TESSERA__PASSWORD__MEMORY_KIB=1024 TESSERA__PASSWORD__ITERATIONS=1 TESSERA__PASSWORD__PARALLELISM=1)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 [[ "$WRK_SECONDS" =~ ^[0-9]+$ && "$WRK_SECONDS" -gt 0 ]] \
     || die "BENCH_SECONDS must be a whole number of seconds for wrk, got '$WRK_SECONDS'"
+[[ "$REFRESH_CONNS" =~ ^[0-9]+$ && "$REFRESH_CONNS" -ge "$WRK_THREADS" ]] \
+    || die "BENCH_REFRESH_CONNS must be a whole number of at least $WRK_THREADS, got '$REFRESH_CONNS'"
+(( ${#REFRESH_POOLS[@]} > 0 )) || die "BENCH_REFRESH_POOLS names no pool size"
+for p in "${REFRESH_POOLS[@]}"; do
+    [[ "$p" =~ ^[0-9]+$ && "$p" -gt 0 ]] || die "BENCH_REFRESH_POOLS must list positive whole numbers, got '$p'"
+done
 
 # --- tools -------------------------------------------------------------------------------
 for tool in cargo curl python3 awk sed getconf; do
@@ -131,9 +187,13 @@ mkdir -p "$OUT_DIR"
 SERVER_LOG="$OUT_DIR/server.log"
 : >"$SERVER_LOG"
 SERVER_PID=""
+BG_PIDS=()          # background helpers (wrk, redis-cli MONITOR) not yet waited for
+EXTRA_DIRS=()       # work dirs of the servers started after the embedded one
+PG_DB=""            # the database created for the refresh section, dropped at exit
+REDIS_PREFIXES=()   # Redis key prefixes this run wrote under, deleted at exit
+SOFT_EXIT=""        # set when exiting 1 only because a section could not be measured
 
-cleanup() {
-    local rc=$?
+stop_server() {
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         for _ in $(seq 1 50); do
@@ -145,8 +205,37 @@ cleanup() {
         fi
         wait "$SERVER_PID" 2>/dev/null || true
     fi
-    rm -rf "$WORKDIR"
-    if [[ $rc -ne 0 && -s "$SERVER_LOG" ]]; then
+    SERVER_PID=""
+}
+
+# Drops what this run created outside its temp dirs: the database and its Redis keys.
+drop_created() {
+    local p
+    if [[ -n "$PG_DB" ]]; then
+        if ! psql "$PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 \
+            && ! psql "$PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS \"$PG_DB\"" >/dev/null 2>&1; then
+            printf 'bench: could not drop database %s (drop it by hand)\n' "$PG_DB" >&2
+        fi
+        PG_DB=""
+    fi
+    for p in "${REDIS_PREFIXES[@]}"; do
+        redis-cli -u "$REDIS_URL" --scan --pattern "${p}*" 2>/dev/null \
+            | xargs -r -n 100 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    done
+    REDIS_PREFIXES=()
+}
+
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${BG_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    stop_server
+    drop_created
+    rm -rf "$WORKDIR" "${EXTRA_DIRS[@]}"
+    if [[ $rc -ne 0 && -z "$SOFT_EXIT" && -s "$SERVER_LOG" ]]; then
         printf 'bench: failed (exit %s); last lines of the server log (%s):\n' "$rc" "$SERVER_LOG" >&2
         tail -n 20 "$SERVER_LOG" >&2 || true
     fi
@@ -272,6 +361,606 @@ LOG_WARNS="$(grep -c '"level":"WARN"' "$SERVER_LOG" || true)"
 LOG_SHED="$(grep -c 'request shed' "$SERVER_LOG" || true)"
 LOGIN_OK_LOGGED="$(grep -c '"login succeeded"' "$SERVER_LOG" || true)"
 
+EMBEDDED_LOG="$SERVER_LOG"
+
+# =========================================================================================
+# Sections added for issues 3-5. Their figures go to the combined summary at the end; the
+# summary above keeps exactly the figures it had. Anything a section cannot measure is
+# recorded with not_measured (and the script exits 1 at the end); anything the server does
+# that it should not (errors, unexpected statuses, a crash) is recorded with problem.
+# =========================================================================================
+NOT_MEASURED=()
+not_measured() { NOT_MEASURED+=("$1: $2"); log "NOT MEASURED: $1: $2"; }
+PROBLEMS=()
+problem() { PROBLEMS+=("$*"); log "SERVER PROBLEM: $*"; }
+
+# wrk output readers.
+wrk_rps() { awk '$1 == "Requests/sec:" { print $2 }' "$1"; }
+wrk_pct_ms() { # wrk_pct_ms FILE 99% -> that latency percentile in ms
+    awk -v p="$2" '$1 == p {
+        v = $2
+        if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v) }
+        else if (v ~ /m$/) { sub(/m$/, "", v); v *= 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }
+        printf "%.3f", v; exit }' "$1"
+}
+wrk_seconds() {
+    awk '$2 == "requests" && $3 == "in" {
+        d = $4; sub(/,$/, "", d)
+        if (d ~ /ms$/) { sub(/ms$/, "", d); d /= 1000 }
+        else if (d ~ /m$/) { sub(/m$/, "", d); d *= 60 }
+        else if (d ~ /h$/) { sub(/h$/, "", d); d *= 3600 }
+        else { sub(/s$/, "", d) }
+        print d }' "$1"
+}
+wrk_non2xx() { awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$1"; }
+wrk_sockerr() { sed -n 's/^ *Socket errors: *//p' "$1"; }
+status_of() { # status_of FILE CODE -> its count in the file's status_counts line
+    sed -n 's/^status_counts //p' "$1" | tr ' ' '\n' \
+        | awk -F= -v c="$2" '$1 == c { n = $2 } END { print n + 0 }'
+}
+div3() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else print "nan" }'; }
+kv() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | tail -n1; }
+num_ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
+log_len() { wc -l <"$1" | tr -d ' '; }
+log_errors_since() { # log_errors_since FILE LINE -> ERROR lines after line LINE
+    tail -n +"$(( $2 + 1 ))" "$1" | grep -c '"level":"ERROR"' || true
+}
+first_errors_since() { tail -n +"$(( $2 + 1 ))" "$1" | grep '"level":"ERROR"' | head -n 3 || true; }
+
+# CPU of PostgreSQL and Redis server processes (jiffies), not foreign in the refresh runs.
+services_cpu() {
+    local total=0 f line comm rest
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        comm="${line#*(}"; comm="${comm%%)*}"
+        case "$comm" in
+            postgres|redis-server)
+                rest="${line##*) }"
+                total=$(( total + $(awk '{ print $12 + $13 }' <<<"$rest") ))
+                ;;
+        esac
+    done
+    echo "$total"
+}
+cpu_sample_svc() { echo "$(cpu_sample) $(services_cpu)"; }
+cores_svc() { # cores_svc BEFORE AFTER -> "foreign services server" (cores)
+    awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        wall = (y[1] - x[1]) / 1e9
+        srv = y[4] - x[4]; svc = y[5] - x[5]
+        other = (y[2] - x[2]) - (y[3] - x[3]) - srv - svc
+        if (other < 0) other = 0
+        if (wall <= 0) wall = 1
+        printf "%.2f %.2f %.2f", other / hz / wall, svc / hz / wall, srv / hz / wall
+    }'
+}
+
+# Under load the server writes one access line per request (~300 bytes): hundreds of MB per
+# run. Once a server has stopped, its log keeps every line except those, after line FROM.
+trim_access_log() { # trim_access_log FILE FROM
+    local f="$1" from="$2" n
+    [[ -s "$f" ]] || return 0
+    n="$(tail -n +"$(( from + 1 ))" "$f" | grep -c '"level":"INFO","message":"request"' || true)"
+    { head -n "$from" "$f"; tail -n +"$(( from + 1 ))" "$f" | grep -v '"level":"INFO","message":"request"' || true; } >"$f.tmp"
+    mv "$f.tmp" "$f"
+    log "dropped $n per-request access lines from $f (all other lines kept)"
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+
+# start_server NAME WORKDIR [VAR=VALUE ...]: the release binary with those settings, its log
+# in $OUT_DIR/server-NAME.log; sets SERVER_PID, PORT, BASE, SERVER_LOG. Returns 1 (having
+# printed why) when it does not become ready.
+start_server() {
+    local name="$1" dir="$2" t0 deadline code
+    shift 2
+    SERVER_LOG="$OUT_DIR/server-$name.log"
+    : >"$SERVER_LOG"
+    PORT="$(free_port)"
+    BASE="http://127.0.0.1:$PORT"
+    log "starting $BIN serve ($name) in $dir on port $PORT"
+    t0="$(now_ns)"
+    ( cd "$dir" && exec env TESSERA__SERVER__BIND=127.0.0.1 TESSERA__SERVER__PORT="$PORT" "$@" "$BIN" serve ) \
+        >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    deadline=$(( t0 + READY_TIMEOUT_S * 1000000000 ))
+    while :; do
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$BASE/readyz" || true)"
+        [[ "$code" == 200 ]] && break
+        if ! server_alive; then
+            printf 'bench: the %s server exited before it was ready; last lines of %s:\n' "$name" "$SERVER_LOG" >&2
+            tail -n 5 "$SERVER_LOG" >&2 || true
+            wait "$SERVER_PID" 2>/dev/null || true
+            SERVER_PID=""
+            return 1
+        fi
+        if (( $(now_ns) >= deadline )); then
+            printf 'bench: the %s server was not ready within %ss (last /readyz: %s)\n' "$name" "$READY_TIMEOUT_S" "$code" >&2
+            stop_server
+            return 1
+        fi
+        sleep 0.005
+    done
+    log "$name ready after $(( ($(now_ns) - t0) / 1000000 )) ms"
+}
+
+redis_reachable() { command -v redis-cli >/dev/null && [[ "$(redis-cli -u "$REDIS_URL" PING 2>/dev/null)" == PONG ]]; }
+pg_reachable() { command -v psql >/dev/null && [[ "$(psql "$PG_URL/postgres" -qAtc 'SELECT 1' 2>/dev/null)" == 1 ]]; }
+
+# --- 4. JWKS vs /healthz (issue 3) -------------------------------------------------------
+declare -A EP_RPS EP_P50 EP_P99 EP_NON2XX EP_SOCKERR EP_FOREIGN
+EMBEDDED_ALIVE=yes
+section_jwks() {
+    local name path out s0 s1 code
+    code="$(curl -s -o "$WORKDIR/jwks.json" -w '%{http_code}' --max-time 5 "$BASE/.well-known/jwks.json" || true)"
+    if [[ "$code" != 200 ]] || ! grep -q '"keys"' "$WORKDIR/jwks.json"; then
+        problem "GET /.well-known/jwks.json answered $code before any load: $(head -c 300 "$WORKDIR/jwks.json")"
+    fi
+    for name in jwks healthz; do
+        case "$name" in
+            jwks) path=/.well-known/jwks.json ;;
+            healthz) path=/healthz ;;
+        esac
+        wait_idle >/dev/null
+        out="$OUT_DIR/wrk-$name-c$JWKS_CONNS.txt"
+        log "wrk -t$WRK_THREADS -c$JWKS_CONNS -d${WRK_SECONDS}s GET $path"
+        s0="$(cpu_sample)"
+        if ! wrk -t"$WRK_THREADS" -c"$JWKS_CONNS" -d"${WRK_SECONDS}s" --latency "$BASE$path" >"$out" 2>&1; then
+            cat "$out" >&2
+            not_measured "JWKS vs /healthz" "wrk failed on GET $path"
+            return 0
+        fi
+        s1="$(cpu_sample)"
+        cat "$out"
+        if ! server_alive; then
+            EMBEDDED_ALIVE=no
+            problem "the embedded server died during wrk on GET $path (log $SERVER_LOG)"
+            not_measured "JWKS vs /healthz" "the server died"
+            return 0
+        fi
+        EP_RPS[$name]="$(wrk_rps "$out")"
+        EP_P50[$name]="$(wrk_pct_ms "$out" 50%)"
+        EP_P99[$name]="$(wrk_pct_ms "$out" 99%)"
+        EP_NON2XX[$name]="$(wrk_non2xx "$out")"
+        EP_SOCKERR[$name]="$(wrk_sockerr "$out")"
+        EP_FOREIGN[$name]="$(foreign_cores "$s0" "$s1")"
+        [[ -n "${EP_RPS[$name]}" ]] || { not_measured "JWKS vs /healthz" "no Requests/sec for GET $path"; return 0; }
+        if (( EP_NON2XX[$name] > 0 )); then
+            problem "GET $path answered ${EP_NON2XX[$name]} non-2xx under wrk -c$JWKS_CONNS (see $out)"
+        fi
+    done
+}
+
+# --- 5. login flood (issue 5) ------------------------------------------------------------
+FLOOD_DONE=""
+section_flood() {
+    local jwks="$BASE/.well-known/jwks.json" rest="$OUT_DIR/wrk-jwks-rest-c$PROBE_CONNS.txt"
+    local flood="$OUT_DIR/wrk-login-flood-c$FLOOD_CONNS.txt" probe="$OUT_DIR/wrk-jwks-flood-c$PROBE_CONNS.txt"
+    local s0 s1 fpid probe_pid frc=0 prc=0 rss thr from flood_secs other
+    if [[ "$EMBEDDED_ALIVE" != yes ]] || ! server_alive; then
+        not_measured "login flood" "the embedded server is gone"
+        return 0
+    fi
+    wait_idle >/dev/null
+    log "wrk -t1 -c$PROBE_CONNS -d${WRK_SECONDS}s GET /.well-known/jwks.json (at rest)"
+    s0="$(cpu_sample)"
+    if ! wrk -t1 -c"$PROBE_CONNS" -d"${WRK_SECONDS}s" --latency "$jwks" >"$rest" 2>&1; then
+        cat "$rest" >&2
+        not_measured "login flood" "wrk failed on the JWKS at rest"
+        return 0
+    fi
+    s1="$(cpu_sample)"
+    cat "$rest"
+    REST_P50="$(wrk_pct_ms "$rest" 50%)"
+    REST_P99="$(wrk_pct_ms "$rest" 99%)"
+    REST_RPS="$(wrk_rps "$rest")"
+    REST_NON2XX="$(wrk_non2xx "$rest")"
+    REST_FOREIGN="$(foreign_cores "$s0" "$s1")"
+
+    wait_idle >/dev/null
+    # Peak RSS of the flood alone: reset the kernel's high-water mark (clear_refs 5, Linux
+    # >= 4.0) and also poll VmRSS, in case the reset is not allowed.
+    FLOOD_HWM_RESET=no
+    if { echo 5 >"/proc/$SERVER_PID/clear_refs"; } 2>/dev/null; then
+        FLOOD_HWM_RESET=yes
+    fi
+    FLOOD_POLL_RSS_KIB=0
+    FLOOD_MAX_THREADS=0
+    FLOOD_THREAD_NAMES=""
+    from="$(log_len "$SERVER_LOG")"
+    flood_secs=$(( WRK_SECONDS + 2 ))
+    log "wrk -t$WRK_THREADS -c$FLOOD_CONNS -d${flood_secs}s POST /v1/login with a WRONG password, and 1 s in, wrk -t1 -c$PROBE_CONNS -d${WRK_SECONDS}s GET /.well-known/jwks.json"
+    s0="$(cpu_sample)"
+    LOGIN_PASSWORD="not the password: $LOGIN_PASSWORD" \
+        wrk -t"$WRK_THREADS" -c"$FLOOD_CONNS" -d"${flood_secs}s" --timeout 30s --latency \
+        -s benches/login.lua "$BASE/v1/login" >"$flood" 2>&1 &
+    fpid=$!
+    BG_PIDS+=("$fpid")
+    sleep 1
+    wrk -t1 -c"$PROBE_CONNS" -d"${WRK_SECONDS}s" --latency "$jwks" >"$probe" 2>&1 &
+    probe_pid=$!
+    BG_PIDS+=("$probe_pid")
+    while kill -0 "$fpid" 2>/dev/null || kill -0 "$probe_pid" 2>/dev/null; do
+        if server_alive; then
+            rss="$(proc_status VmRSS)"
+            thr="$(proc_status Threads)"
+            (( ${rss:-0} > FLOOD_POLL_RSS_KIB )) && FLOOD_POLL_RSS_KIB="$rss"
+            if (( ${thr:-0} > FLOOD_MAX_THREADS )); then
+                FLOOD_MAX_THREADS="$thr"
+                FLOOD_THREAD_NAMES="$(cat /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | sort | uniq -c | sort -rn \
+                    | sed -E 's/^ *([0-9]+) (.*)$/\2 x\1/' | paste -sd',' - | sed 's/,/, /g' || true)"
+            fi
+        fi
+        sleep 0.2
+    done
+    wait "$fpid" || frc=$?
+    wait "$probe_pid" || prc=$?
+    BG_PIDS=()
+    s1="$(cpu_sample)"
+    cat "$flood" "$probe"
+    if ! server_alive; then
+        EMBEDDED_ALIVE=no
+        problem "the embedded server died during the login flood (log $SERVER_LOG)"
+        not_measured "login flood" "the server died"
+        return 0
+    fi
+    if (( frc != 0 || prc != 0 )); then
+        not_measured "login flood" "wrk failed (flood exit $frc, JWKS probe exit $prc)"
+        return 0
+    fi
+    FLOOD_FOREIGN="$(foreign_cores "$s0" "$s1")"
+    if [[ "$FLOOD_HWM_RESET" == yes ]]; then
+        FLOOD_PEAK_KIB="$(proc_status VmHWM)"
+    else
+        FLOOD_PEAK_KIB="$FLOOD_POLL_RSS_KIB"
+    fi
+    FLOOD_SECS="$(wrk_seconds "$flood")"
+    FLOOD_STATUSES="$(sed -n 's/^status_counts //p' "$flood")"
+    FLOOD_401="$(status_of "$flood" 401)"
+    FLOOD_503="$(status_of "$flood" 503)"
+    FLOOD_SOCKERR="$(wrk_sockerr "$flood")"
+    [[ -n "$FLOOD_SECS" ]] || { not_measured "login flood" "cannot read the flood's duration"; return 0; }
+    FLOOD_LOGIN_RATE="$(awk -v n="$FLOOD_401" -v d="$FLOOD_SECS" 'BEGIN { printf "%.2f", n / d }')"
+    FLOOD_SHED_RATE="$(awk -v n="$FLOOD_503" -v d="$FLOOD_SECS" 'BEGIN { printf "%.2f", n / d }')"
+    FLOOD_LOGIN_RATIO="$(div3 "$FLOOD_LOGIN_RATE" "$RAW_RATE")"
+    other="$(sed -n 's/^status_counts //p' "$flood" | tr ' ' '\n' | awk -F= '$1 != "" && $1 != 401 && $1 != 503' | paste -sd' ' -)"
+    if [[ -n "$other" ]]; then
+        problem "wrong-password logins under flood answered other than 401/503: $other (see $flood)"
+    fi
+    FLOOD_P50="$(wrk_pct_ms "$probe" 50%)"
+    FLOOD_P99="$(wrk_pct_ms "$probe" 99%)"
+    FLOOD_PROBE_RPS="$(wrk_rps "$probe")"
+    FLOOD_PROBE_NON2XX="$(wrk_non2xx "$probe")"
+    if (( REST_NON2XX + FLOOD_PROBE_NON2XX > 0 )); then
+        problem "GET /.well-known/jwks.json answered non-2xx: $REST_NON2XX at rest, $FLOOD_PROBE_NON2XX under the flood"
+    fi
+    FLOOD_ERRORS="$(log_errors_since "$SERVER_LOG" "$from")"
+    if (( FLOOD_ERRORS > 0 )); then
+        problem "the embedded server logged $FLOOD_ERRORS ERROR lines during the login flood, e.g.: $(first_errors_since "$SERVER_LOG" "$from" | head -n 1)"
+    fi
+    # For information: the same flood without the JWKS probe, which (at nice 0, like the
+    # workers) also takes CPU from the nice +10 hashing threads.
+    wait_idle >/dev/null
+    local alone="$OUT_DIR/wrk-login-flood-alone-c$FLOOD_CONNS.txt" secs
+    log "wrk -t$WRK_THREADS -c$FLOOD_CONNS -d${WRK_SECONDS}s POST /v1/login with a WRONG password, no JWKS probe (information)"
+    if LOGIN_PASSWORD="not the password: $LOGIN_PASSWORD" \
+        wrk -t"$WRK_THREADS" -c"$FLOOD_CONNS" -d"${WRK_SECONDS}s" --timeout 30s --latency \
+        -s benches/login.lua "$BASE/v1/login" >"$alone" 2>&1; then
+        cat "$alone"
+        secs="$(wrk_seconds "$alone")"
+        FLOOD_ALONE_RATE="$(awk -v n="$(status_of "$alone" 401)" -v d="${secs:-0}" 'BEGIN { if (d > 0) printf "%.2f", n / d; else print "nan" }')"
+        FLOOD_ALONE_SHED="$(awk -v n="$(status_of "$alone" 503)" -v d="${secs:-0}" 'BEGIN { if (d > 0) printf "%.2f", n / d; else print "nan" }')"
+        FLOOD_ALONE_RATIO="$(div3 "$FLOOD_ALONE_RATE" "$RAW_RATE")"
+    else
+        cat "$alone" >&2
+    fi
+    server_alive || { EMBEDDED_ALIVE=no; problem "the embedded server died during the flood without probe (log $SERVER_LOG)"; }
+    FLOOD_DONE=yes
+}
+
+# --- 6. signing (issue 3) ----------------------------------------------------------------
+declare -A SIGN_RATIO SIGN_US SIGN_RAW_US SIGN_JWT_US SIGN_JWT_RATIO SIGN_AWSLC_US
+SIGN_DONE=""
+section_signing() {
+    local out s0 s1 alg
+    log "cargo bench --bench signing"
+    if ! cargo bench --bench signing --no-run; then
+        not_measured "signing" "the signing bench does not build"
+        return 0
+    fi
+    s0="$(cpu_sample)"
+    if ! out="$(cargo bench --bench signing)"; then
+        not_measured "signing" "the signing bench failed"
+        return 0
+    fi
+    s1="$(cpu_sample)"
+    printf '%s\n' "$out" | tee "$OUT_DIR/signing.txt"
+    SIGN_FOREIGN="$(foreign_cores "$s0" "$s1")"
+    for alg in "${SIGN_ALGS[@]}"; do
+        SIGN_RATIO[$alg]="$(kv "$out" "sign_${alg}_ratio")"
+        SIGN_US[$alg]="$(kv "$out" "sign_${alg}_tessera_us")"
+        SIGN_RAW_US[$alg]="$(kv "$out" "sign_${alg}_raw_us")"
+        SIGN_JWT_US[$alg]="$(kv "$out" "sign_${alg}_jsonwebtoken_us")"
+        SIGN_JWT_RATIO[$alg]="$(kv "$out" "sign_${alg}_jsonwebtoken_ratio")"
+        SIGN_AWSLC_US[$alg]="$(kv "$out" "sign_${alg}_awslc_us")"
+        if [[ -z "${SIGN_RATIO[$alg]}" ]]; then
+            not_measured "signing" "the bench printed no sign_${alg}_ratio line"
+            return 0
+        fi
+    done
+    SIGN_DONE=yes
+}
+
+# --- 7. revocation check (issue 4) -------------------------------------------------------
+REV_DONE=""
+section_revocation() {
+    local out s0 s1 skipped
+    log "cargo bench --bench revocation"
+    if ! cargo bench --bench revocation --no-run; then
+        not_measured "revocation" "the revocation bench does not build"
+        return 0
+    fi
+    s0="$(cpu_sample)"
+    if ! out="$(BENCH_REDIS_URL="$REDIS_URL" cargo bench --bench revocation)"; then
+        not_measured "revocation" "the revocation bench failed"
+        return 0
+    fi
+    s1="$(cpu_sample)"
+    printf '%s\n' "$out" | tee "$OUT_DIR/revocation.txt"
+    skipped="$(kv "$out" revocation_skipped)"
+    if [[ -n "$skipped" ]]; then
+        not_measured "revocation" "skipped by the bench: $skipped"
+        return 0
+    fi
+    REV_FOREIGN="$(foreign_cores "$s0" "$s1")"
+    REV_RATIO="$(kv "$out" revocation_ratio)"
+    REV_US="$(kv "$out" revocation_is_revoked_us)"
+    REV_GET_US="$(kv "$out" revocation_get_us)"
+    REV_MGET_US="$(kv "$out" revocation_mget_us)"
+    REV_N="$(kv "$out" revocation_n)"
+    [[ -n "$REV_RATIO" ]] || { not_measured "revocation" "the bench printed no revocation_ratio line"; return 0; }
+    REV_DONE=yes
+}
+
+# --- 8. refresh grant on PostgreSQL + Redis (issue 4) ------------------------------------
+declare -A REF_RATE REF_P50 REF_P99 REF_STATUSES REF_NON200 REF_STARVED REF_FOREIGN REF_SVC REF_SRV REF_HZ REF_HZ_P99 REF_ERRORS
+REF_POOLS_DONE=()
+export REFRESH_EMAIL="refresh-bench-$$@example.com"
+export REFRESH_PASSWORD="wrk-bench Tessera 2026 refresh staple $$"
+
+# seed_tokens N FILE: registers REFRESH_EMAIL (once per database) and logs in N times, one
+# refresh token (a session of its own) per line of FILE.
+seed_tokens() {
+    python3 - "$BASE" "$1" "$2" <<'PY'
+import json, os, sys, urllib.error, urllib.request
+base, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+email, password = os.environ["REFRESH_EMAIL"], os.environ["REFRESH_PASSWORD"]
+def post(path, body):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+status, body = post("/v1/users", {"email": email, "password": password})
+if status not in (201, 409):
+    sys.exit(f"registration answered {status}: {body[:300]}")
+tokens = []
+for _ in range(n):
+    status, body = post("/v1/login", {"email": email, "password": password})
+    if status != 200:
+        sys.exit(f"a setup login answered {status}: {body[:300]}")
+    tokens.append(json.loads(body)["refresh_token"])
+with open(out, "w") as f:
+    f.write("\n".join(tokens) + "\n")
+PY
+}
+
+section_refresh() {
+    local dir prefix pool tokens out hz s0 s1 from cores ntok
+    if ! pg_reachable; then
+        not_measured "refresh (PostgreSQL + Redis)" "PostgreSQL unreachable at $PG_URL (psql $(command -v psql >/dev/null && echo present || echo missing))"
+        return 0
+    fi
+    if ! redis_reachable; then
+        not_measured "refresh (PostgreSQL + Redis)" "Redis unreachable at $REDIS_URL (redis-cli $(command -v redis-cli >/dev/null && echo present || echo missing))"
+        return 0
+    fi
+    PG_DB="tessera_bench_$$_${RANDOM}"
+    if ! psql "$PG_URL/postgres" -qAtc "CREATE DATABASE \"$PG_DB\"" >/dev/null; then
+        PG_DB=""
+        not_measured "refresh (PostgreSQL + Redis)" "CREATE DATABASE failed"
+        return 0
+    fi
+    log "created database $PG_DB"
+    prefix="bench_$$_${RANDOM}:"
+    REDIS_PREFIXES+=("$prefix")
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench-pg.XXXXXX")"
+    EXTRA_DIRS+=("$dir")
+    # Every connection needs a token of its own; wrk takes one more per thread to probe the
+    # script, and a few spare ones keep a chain broken by an error from starving a thread.
+    ntok=$(( REFRESH_CONNS + REFRESH_CONNS / 2 + 2 * WRK_THREADS ))
+    for pool in "${REFRESH_POOLS[@]}"; do
+        if ! start_server "pg-pool$pool" "$dir" \
+            TESSERA__DATABASE__URL="$PG_URL/$PG_DB" TESSERA__DATABASE__POOL_SIZE="$pool" \
+            TESSERA__REDIS__URL="$REDIS_URL" TESSERA__REDIS__KEY_PREFIX="$prefix" \
+            TESSERA__RATE_LIMITS__ENABLED=false "${CHEAP_HASH[@]}"; then
+            not_measured "refresh pool=$pool" "the server did not start on PostgreSQL (see $SERVER_LOG)"
+            continue
+        fi
+        tokens="$OUT_DIR/refresh-tokens-pool$pool.txt"
+        log "seeding $ntok refresh tokens (one login each)"
+        if ! seed_tokens "$ntok" "$tokens"; then
+            problem "setup logins for the refresh run failed (pool=$pool, log $SERVER_LOG)"
+            not_measured "refresh pool=$pool" "setup logins failed"
+            stop_server
+            continue
+        fi
+        wait_idle >/dev/null
+        from="$(log_len "$SERVER_LOG")"
+        out="$OUT_DIR/wrk-refresh-pool$pool-c$REFRESH_CONNS.txt"
+        log "wrk -t$WRK_THREADS -c$REFRESH_CONNS -d${WRK_SECONDS}s POST /v1/token (refresh grant), database pool $pool"
+        s0="$(cpu_sample_svc)"
+        if ! REFRESH_TOKENS_FILE="$tokens" REFRESH_THREADS="$WRK_THREADS" \
+            wrk -t"$WRK_THREADS" -c"$REFRESH_CONNS" -d"${WRK_SECONDS}s" --timeout 10s --latency \
+            -s benches/refresh.lua "$BASE/v1/token" >"$out" 2>&1; then
+            cat "$out" >&2
+            not_measured "refresh pool=$pool" "wrk failed"
+            stop_server
+            continue
+        fi
+        s1="$(cpu_sample_svc)"
+        rm -f "$tokens"
+        cat "$out"
+        if ! server_alive; then
+            problem "the PostgreSQL server (pool=$pool) died during the refresh run (log $SERVER_LOG)"
+            not_measured "refresh pool=$pool" "the server died"
+            stop_server
+            continue
+        fi
+        read -r REF_FOREIGN[$pool] REF_SVC[$pool] REF_SRV[$pool] <<<"$(cores_svc "$s0" "$s1")"
+        local secs refreshed
+        secs="$(wrk_seconds "$out")"
+        refreshed="$(sed -n 's/^refreshed=\([0-9]*\)$/\1/p' "$out")"
+        if [[ -z "$secs" || -z "$refreshed" ]]; then
+            not_measured "refresh pool=$pool" "cannot read the duration or the refresh count"
+            stop_server
+            continue
+        fi
+        REF_RATE[$pool]="$(awk -v n="$refreshed" -v d="$secs" 'BEGIN { printf "%.2f", n / d }')"
+        REF_P50[$pool]="$(wrk_pct_ms "$out" 50%)"
+        REF_P99[$pool]="$(wrk_pct_ms "$out" 99%)"
+        REF_STATUSES[$pool]="$(sed -n 's/^status_counts //p' "$out")"
+        REF_NON200[$pool]="$(sed -n 's/^non_200=\([0-9]*\)$/\1/p' "$out")"
+        REF_STARVED[$pool]="$(sed -n 's/^starved=\([0-9]*\)$/\1/p' "$out")"
+        if (( ${REF_NON200[$pool]:-0} > 0 )); then
+            problem "refresh grants (pool=$pool) answered ${REF_NON200[$pool]} non-200 (${REF_STATUSES[$pool]}); first: $(sed -n 's/^first_error //p' "$out" | head -c 300)"
+        fi
+        REF_ERRORS[$pool]="$(log_errors_since "$SERVER_LOG" "$from")"
+        if (( REF_ERRORS[$pool] > 0 )); then
+            problem "the PostgreSQL server (pool=$pool) logged ${REF_ERRORS[$pool]} ERROR lines during the refresh run, e.g.: $(first_errors_since "$SERVER_LOG" "$from" | head -n 1)"
+        fi
+        wait_idle >/dev/null
+        hz="$OUT_DIR/wrk-healthz-pool$pool-c$JWKS_CONNS.txt"
+        log "wrk -t$WRK_THREADS -c$JWKS_CONNS -d${WRK_SECONDS}s GET /healthz on the same server"
+        if wrk -t"$WRK_THREADS" -c"$JWKS_CONNS" -d"${WRK_SECONDS}s" --latency "$BASE/healthz" >"$hz" 2>&1; then
+            cat "$hz"
+            REF_HZ[$pool]="$(wrk_rps "$hz")"
+            REF_HZ_P99[$pool]="$(wrk_pct_ms "$hz" 99%)"
+            if (( $(wrk_non2xx "$hz") > 0 )); then
+                problem "GET /healthz (pool=$pool) answered $(wrk_non2xx "$hz") non-2xx"
+            fi
+        else
+            cat "$hz" >&2
+            REF_HZ[$pool]="?"
+        fi
+        stop_server
+        REF_POOLS_DONE+=("$pool")
+    done
+    drop_created
+    log "dropped database and Redis keys of the refresh runs"
+    for pool in "${REFRESH_POOLS[@]}"; do
+        trim_access_log "$OUT_DIR/server-pg-pool$pool.log" 0
+    done
+}
+
+# --- 9. Redis round trips per login (issue 5) --------------------------------------------
+declare -A RT_N RT_CMDS RT_CODE
+RT_DONE=""
+# count_round_trips LABEL EMAIL PASSWORD: one login under Redis MONITOR; counts the commands
+# the server's Redis connections sent, leaving out the revocation upkeep's once-a-second
+# `EXISTS {p}revocations:ready` and what Lua scripts run inside Redis.
+count_round_trips() {
+    local label="$1" mon="$OUT_DIR/redis-monitor-$1.txt" mpid body
+    local prefix="$RT_PREFIX"
+    redis-cli -u "$REDIS_URL" MONITOR >"$mon" 2>&1 &
+    mpid=$!
+    BG_PIDS+=("$mpid")
+    for _ in $(seq 1 100); do
+        grep -q '^OK' "$mon" 2>/dev/null && break
+        sleep 0.02
+    done
+    body="$(python3 -c 'import json, sys; print(json.dumps({"email": sys.argv[1], "password": sys.argv[2]}))' "$2" "$3")"
+    RT_CODE[$label]="$(curl -s -o "$OUT_DIR/redis-login-$label.json" -w '%{http_code}' --max-time 10 \
+        -H 'Content-Type: application/json' -d "$body" "$BASE/v1/login" || true)"
+    sleep 0.3
+    kill -TERM "$mpid" 2>/dev/null || true
+    wait "$mpid" 2>/dev/null || true
+    BG_PIDS=()
+    # MONITOR lines: <time> [<db> <client address>] "CMD" "arg" ... ; Lua calls show as [<db> lua].
+    local counted
+    counted="$(awk -v p="$prefix" '
+        function unq(s) { gsub(/^"|"$/, "", s); return s }
+        NR == FNR { if ($3 != "lua]" && index($0, "\"" p)) conn[$3] = 1; next }
+        ($3 in conn) {
+            cmd = toupper(unq($4))
+            if (cmd == "EXISTS" && unq($5) == p "revocations:ready") next
+            key = (cmd == "EVALSHA" || cmd == "EVAL") ? unq($7) : unq($5)
+            if (index(key, p) == 1) key = substr(key, length(p) + 1)
+            print cmd " " key
+        }' "$mon" "$mon")"
+    RT_N[$label]="$(grep -c . <<<"$counted" || true)"
+    RT_CMDS[$label]="$(paste -sd',' - <<<"$counted" | sed 's/,/, /g')"
+}
+
+section_redis_rt() {
+    local dir code body
+    if ! redis_reachable; then
+        not_measured "Redis round trips per login" "Redis unreachable at $REDIS_URL"
+        return 0
+    fi
+    RT_PREFIX="bench_rt_$$_${RANDOM}:"
+    REDIS_PREFIXES+=("$RT_PREFIX")
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench-rt.XXXXXX")"
+    EXTRA_DIRS+=("$dir")
+    if ! start_server redis-rt "$dir" TESSERA__DATABASE__URL="sqlite://data/tessera.db" \
+        TESSERA__REDIS__URL="$REDIS_URL" TESSERA__REDIS__KEY_PREFIX="$RT_PREFIX" \
+        TESSERA__RATE_LIMITS__ENABLED=true "${CHEAP_HASH[@]}"; then
+        not_measured "Redis round trips per login" "the server did not start with Redis (see $SERVER_LOG)"
+        return 0
+    fi
+    local from email="rt-bench-$$@example.com" password="wrk-bench Tessera 2026 round trip $$"
+    from="$(log_len "$SERVER_LOG")"
+    body="$(python3 -c 'import json, sys; print(json.dumps({"email": sys.argv[1], "password": sys.argv[2]}))' "$email" "$password")"
+    code="$(curl -s -o "$WORKDIR/rt-register.json" -w '%{http_code}' --max-time 30 \
+        -H 'Content-Type: application/json' -d "$body" "$BASE/v1/users" || true)"
+    if [[ "$code" != 201 ]]; then
+        problem "registration on the Redis server answered $code: $(head -c 300 "$WORKDIR/rt-register.json")"
+        not_measured "Redis round trips per login" "registration failed"
+        stop_server
+        return 0
+    fi
+    # The first login after start may load the Lua scripts (EVALSHA -> NOSCRIPT -> SCRIPT
+    # LOAD -> EVALSHA) if Redis does not have them cached yet; it is shown, not judged.
+    count_round_trips first "nobody-$$@example.com" "whatever it is"
+    count_round_trips failed "$email" "not the password"
+    count_round_trips success "$email" "$password"
+    [[ "${RT_CODE[first]}" == 401 ]] || problem "a login with an unknown e-mail answered ${RT_CODE[first]} (want 401) on the Redis server"
+    [[ "${RT_CODE[failed]}" == 401 ]] || problem "a wrong-password login answered ${RT_CODE[failed]} (want 401) on the Redis server: $(head -c 300 "$OUT_DIR/redis-login-failed.json")"
+    [[ "${RT_CODE[success]}" == 200 ]] || problem "a right-password login answered ${RT_CODE[success]} (want 200) on the Redis server: $(head -c 300 "$OUT_DIR/redis-login-success.json")"
+    if (( $(log_errors_since "$SERVER_LOG" "$from") > 0 )); then
+        problem "the Redis server logged ERROR lines during the round-trip logins, e.g.: $(first_errors_since "$SERVER_LOG" "$from" | head -n 1)"
+    fi
+    stop_server
+    drop_created
+    RT_DONE=yes
+}
+
+EMBEDDED_LOG_FROM="$(log_len "$EMBEDDED_LOG")"
+section_jwks
+section_flood
+log "stopping the embedded server"
+stop_server
+trim_access_log "$EMBEDDED_LOG" "$EMBEDDED_LOG_FROM"
+section_signing
+section_revocation
+section_refresh
+section_redis_rt
+SERVER_LOG="$EMBEDDED_LOG"
+
 # --- summary -----------------------------------------------------------------------------
 mark() { # mark VALUE OP TARGET -> OK / MISS
     awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
@@ -286,7 +975,7 @@ echo
 echo "================ Tessera login bench summary ================"
 echo "machine:        $(nproc) core(s); wrk $WRK_THREADS threads, ${WRK_SECONDS}s per run, 2xx-only rates in the ratios"
 echo "server:         rate limits enabled=$RATE_LIMITS_ENABLED (TESSERA__RATE_LIMITS__ENABLED)"
-echo "argon2 params:  m=${TESSERA__PASSWORD__MEMORY_KIB:-19456} KiB t=${TESSERA__PASSWORD__ITERATIONS:-2} p=${TESSERA__PASSWORD__PARALLELISM:-1}; service hash threads=${TESSERA__PASSWORD__THREADS:-0} (0 = per core), queue=${TESSERA__PASSWORD__QUEUE:-32}"
+echo "argon2 params:  m=${TESSERA__PASSWORD__MEMORY_KIB:-19456} KiB t=${TESSERA__PASSWORD__ITERATIONS:-2} p=${TESSERA__PASSWORD__PARALLELISM:-1}; service hash threads=${TESSERA__PASSWORD__THREADS:-0} (0 = per core), queue=${TESSERA__PASSWORD__QUEUE:-128}"
 echo "raw argon2:     $RAW_RATE verifies/s (the higher of a run before and one after the load)"
 echo "  before:       $RAW_RATE_BEFORE/s   [foreign CPU $RAW_FOREIGN_BEFORE cores]  $RAW_HUMAN_BEFORE"
 echo "  after:        $RAW_RATE_AFTER/s   [foreign CPU $RAW_FOREIGN_AFTER cores]  $RAW_HUMAN_AFTER"
@@ -330,3 +1019,133 @@ if awk -v f="$max_foreign" 'BEGIN { exit !(f + 0 >= 0.2) }'; then
     echo "                the ratios are unreliable: rerun on a quiet machine"
 fi
 echo "============================================================="
+
+# --- combined summary (every target of the report) -----------------------------------------
+N_OK=0
+N_MISS=0
+judge() { # judge VALUE OP TARGET -> J=OK / MISS, counted (not in a subshell: it counts)
+    J="$(mark "$1" "$2" "$3")"
+    if [[ "$J" == OK ]]; then N_OK=$(( N_OK + 1 )); else N_MISS=$(( N_MISS + 1 )); fi
+}
+fcpu() { printf '[foreign CPU %s cores]' "$1"; }
+
+echo
+echo "================ Tessera combined bench summary ================"
+echo "machine:        $(nproc) core(s); BENCH_SECONDS=${WRK_SECONDS}s per wrk run; foreign CPU = cores used by other processes"
+echo "-- login and memory (above) --"
+for c in "${CONNS[@]}"; do
+    r="$(ratio "${RPS_OK[$c]}" "$RAW_RATE")"
+    judge "$r" '>=' "$RATIO_TARGET"
+    printf 'login c=%-3s              %s ok/s = %s x raw argon2 %s/s (target >= %s) %s %s\n' \
+        "$c" "${RPS_OK[$c]}" "$r" "$RAW_RATE" "$RATIO_TARGET" "$J" "$(fcpu "${FOREIGN[$c]}")"
+done
+judge "$(mib "$IDLE_RSS_KIB")" '<=' "$IDLE_RSS_TARGET_MIB"
+printf 'idle RSS                  %s MiB (target <= %s MiB) %s\n' \
+    "$(mib "$IDLE_RSS_KIB")" "$IDLE_RSS_TARGET_MIB" "$J"
+judge "$(mib "$PEAK_RSS_KIB")" '<=' "$PEAK_RSS_TARGET_MIB"
+printf 'peak RSS (login runs)     %s MiB (target <= %s MiB) %s\n' \
+    "$(mib "$PEAK_RSS_KIB")" "$PEAK_RSS_TARGET_MIB" "$J"
+
+echo "-- issue 3: JWKS and signing --"
+if [[ -n "${EP_RPS[jwks]:-}" && -n "${EP_RPS[healthz]:-}" ]]; then
+    r="$(ratio "${EP_RPS[jwks]}" "${EP_RPS[healthz]}")"
+    judge "$r" '>=' "$JWKS_RATIO_TARGET"
+    printf 'JWKS vs /healthz (c=%s)   JWKS %s req/s p99 %s ms; healthz %s req/s p99 %s ms; ratio %s (target >= %s) %s %s\n' \
+        "$JWKS_CONNS" "${EP_RPS[jwks]}" "${EP_P99[jwks]}" "${EP_RPS[healthz]}" "${EP_P99[healthz]}" "$r" \
+        "$JWKS_RATIO_TARGET" "$J" "$(fcpu "$(awk -v a="${EP_FOREIGN[jwks]}" -v b="${EP_FOREIGN[healthz]}" 'BEGIN { print (b + 0 > a + 0) ? b : a }')")"
+else
+    echo "JWKS vs /healthz          NOT MEASURED"
+fi
+if [[ -n "$SIGN_DONE" ]]; then
+    for alg in "${SIGN_ALGS[@]}"; do
+        judge "${SIGN_RATIO[$alg]}" '<=' "$SIGN_RATIO_TARGET"
+        printf 'sign %-6s               Signer::sign %s us vs raw %s us: ratio %s (target <= %s) %s; naive jsonwebtoken::encode %s us = %s x raw%s\n' \
+            "$alg" "${SIGN_US[$alg]}" "${SIGN_RAW_US[$alg]}" "${SIGN_RATIO[$alg]}" "$SIGN_RATIO_TARGET" \
+            "$J" "${SIGN_JWT_US[$alg]}" "${SIGN_JWT_RATIO[$alg]}" \
+            "${SIGN_AWSLC_US[$alg]:+; same key with aws-lc-rs ${SIGN_AWSLC_US[$alg]} us}"
+    done
+    printf '                          raw = ring (ES256, EdDSA), aws-lc-rs (RS256); %s\n' "$(fcpu "$SIGN_FOREIGN")"
+else
+    echo "signing                   NOT MEASURED"
+fi
+
+echo "-- issue 4: refresh and revocation --"
+if (( ${#REF_POOLS_DONE[@]} > 0 )); then
+    best=""
+    for pool in "${REF_POOLS_DONE[@]}"; do
+        if [[ -z "$best" ]] || num_ge "${REF_RATE[$pool]}" "${REF_RATE[$best]}"; then best="$pool"; fi
+    done
+    judge "${REF_RATE[$best]}" '>=' "$REFRESH_TARGET"
+    printf 'refresh (PG + Redis)      %s refreshes/s at database pool_size=%s (best of %s), p99 %s ms, %s connections (target >= %s) %s\n' \
+        "${REF_RATE[$best]}" "$best" "${REF_POOLS_DONE[*]}" "${REF_P99[$best]}" "$REFRESH_CONNS" "$REFRESH_TARGET" \
+        "$J"
+    for pool in "${REF_POOLS_DONE[@]}"; do
+        printf '  pool_size=%-4s          %s refreshes/s, p50 %s ms p99 %s ms; /healthz same server %s req/s (refresh = %s x healthz); statuses %s; CPU: server %s, PostgreSQL+Redis %s cores %s\n' \
+            "$pool" "${REF_RATE[$pool]}" "${REF_P50[$pool]}" "${REF_P99[$pool]}" "${REF_HZ[$pool]}" \
+            "$(ratio "${REF_RATE[$pool]}" "${REF_HZ[$pool]}")" "${REF_STATUSES[$pool]:-none}" \
+            "${REF_SRV[$pool]}" "${REF_SVC[$pool]}" "$(fcpu "${REF_FOREIGN[$pool]}")"
+    done
+else
+    echo "refresh (PG + Redis)      NOT MEASURED"
+fi
+if [[ -n "$REV_DONE" ]]; then
+    judge "$REV_RATIO" '<=' "$REVOCATION_RATIO_TARGET"
+    printf 'revocation check          is_revoked %s us vs bare GET %s us: ratio %s (target <= %s) %s; bare MGET of its 3 keys %s us; %s sequential calls each %s\n' \
+        "$REV_US" "$REV_GET_US" "$REV_RATIO" "$REVOCATION_RATIO_TARGET" "$J" \
+        "$REV_MGET_US" "$REV_N" "$(fcpu "$REV_FOREIGN")"
+else
+    echo "revocation check          NOT MEASURED"
+fi
+
+echo "-- issue 5: login flood (embedded server, rate limits enabled=$RATE_LIMITS_ENABLED) --"
+if [[ -n "$FLOOD_DONE" ]]; then
+    p99_limit="$(awk -v r="$REST_P99" -v f="$FLOOD_P99_FACTOR" -v a="$FLOOD_P99_ABS_MS" 'BEGIN { l = r * f; if (a + 0 > l) l = a; printf "%.3f", l }')"
+    judge "$FLOOD_P99" '<=' "$p99_limit"
+    printf 'JWKS p99 under flood      %s ms (p50 %s ms, %s req/s) vs at rest %s ms (p50 %s ms, %s req/s) (target <= %s x rest or <= %s ms, i.e. <= %s ms) %s %s\n' \
+        "$FLOOD_P99" "$FLOOD_P50" "$FLOOD_PROBE_RPS" "$REST_P99" "$REST_P50" "$REST_RPS" "$FLOOD_P99_FACTOR" "$FLOOD_P99_ABS_MS" "$p99_limit" \
+        "$J" "$(fcpu "$(awk -v a="$REST_FOREIGN" -v b="$FLOOD_FOREIGN" 'BEGIN { print (b + 0 > a + 0) ? b : a }')")"
+    judge "$FLOOD_LOGIN_RATIO" '>=' "$FLOOD_RATIO_TARGET"
+    printf 'logins under flood        %s completed/s (401s) = %s x raw argon2 %s/s (target >= %s) %s; shed %s/s (503); statuses %s%s\n' \
+        "$FLOOD_LOGIN_RATE" "$FLOOD_LOGIN_RATIO" "$RAW_RATE" "$FLOOD_RATIO_TARGET" "$J" \
+        "$FLOOD_SHED_RATE" "${FLOOD_STATUSES:-none}" "${FLOOD_SOCKERR:+; socket errors: $FLOOD_SOCKERR}"
+    printf '  same flood, no probe    %s completed/s (401s) = %s x raw (information, not judged); shed %s/s\n' \
+        "${FLOOD_ALONE_RATE:-?}" "${FLOOD_ALONE_RATIO:-?}" "${FLOOD_ALONE_SHED:-?}"
+    judge "$(mib "$FLOOD_PEAK_KIB")" '<=' "$FLOOD_RSS_TARGET_MIB"
+    printf 'peak RSS during flood     %s MiB (target <= %s MiB) %s   [%s; max polled VmRSS %s MiB; up to %s threads]\n' \
+        "$(mib "$FLOOD_PEAK_KIB")" "$FLOOD_RSS_TARGET_MIB" "$J" \
+        "$([[ "$FLOOD_HWM_RESET" == yes ]] && echo "VmHWM reset before the flood" || echo "VmHWM could not be reset: polled")" \
+        "$(mib "$FLOOD_POLL_RSS_KIB")" "$FLOOD_MAX_THREADS"
+    printf 'threads during flood      %s idle before any load, up to %s under the flood: %s\n' \
+        "$THREADS_IDLE" "$FLOOD_MAX_THREADS" "${FLOOD_THREAD_NAMES:-?}"
+else
+    echo "login flood               NOT MEASURED"
+fi
+if [[ -n "$RT_DONE" ]]; then
+    printf 'Redis round trips/login   failed login: %s (%s); successful login: %s (%s)\n' \
+        "${RT_N[failed]}" "${RT_CMDS[failed]:-none}" "${RT_N[success]}" "${RT_CMDS[success]:-none}"
+    rt_doc="matches"
+    [[ "${RT_N[failed]}" == 2 && "${RT_N[success]}" == 2 ]] || rt_doc="DIFFERS"
+    printf '                          proto-docs/redis.md: one EVALSHA per check, plus the failure counter (failed) or a DEL (success) = 2 and 2: %s; first login after start (unknown account): %s (%s)\n' \
+        "$rt_doc" "${RT_N[first]}" "${RT_CMDS[first]:-none}"
+else
+    echo "Redis round trips/login   NOT MEASURED"
+fi
+
+echo "-- totals --"
+printf 'targets:                  %s OK, %s MISS, %s not measured\n' "$N_OK" "$N_MISS" "${#NOT_MEASURED[@]}"
+for m in "${NOT_MEASURED[@]}"; do
+    echo "NOT MEASURED:             $m"
+done
+if (( ${#PROBLEMS[@]} > 0 )); then
+    for m in "${PROBLEMS[@]}"; do
+        echo "SERVER PROBLEM:           $m"
+    done
+else
+    echo "server problems:          none seen (no crash, no unexpected status, no ERROR in the new sections' server logs)"
+fi
+echo "artefacts:                $OUT_DIR"
+echo "================================================================"
+if (( ${#NOT_MEASURED[@]} > 0 )); then
+    SOFT_EXIT=yes
+    exit 1
+fi

@@ -338,6 +338,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let bind = (settings.server.bind.clone(), settings.server.port);
         let workers = settings.http_workers();
+        let blocking = usize::try_from(settings.database.pool_size)
+            .unwrap_or(8)
+            .max(4);
         let reload_every = settings.keys.reload_interval;
         let redis_settings = settings.clone();
         let state = build_state(settings).await?;
@@ -346,6 +349,9 @@ impl Application {
         actix_web::rt::spawn(revocation_duty(state.clone()));
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(workers)
+            // Database calls run on each worker's blocking pool; more threads than pooled
+            // connections only wait, each with its own stack.
+            .worker_max_blocking_threads(blocking)
             .bind(bind)
             .map_err(StartupError::Bind)?;
         let addr = server

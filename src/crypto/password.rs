@@ -167,8 +167,7 @@ impl fmt::Debug for Hasher {
 
 impl Hasher {
     /// Starts `threads` hashing threads behind a queue of `queue` waiting jobs, and makes
-    /// the dummy hash on the pool itself (so it reuses a thread's memory block instead of
-    /// allocating one more at start-up).
+    /// the dummy hash.
     pub async fn start(
         params: HashParams,
         pepper: Option<Vec<u8>>,
@@ -208,7 +207,16 @@ impl Hasher {
             dummy: Arc::new(String::new()),
             threads,
         };
-        hasher.dummy = Arc::new(hasher.hash(&random).await?);
+        // The dummy is made with a block of its own that is freed at once (returned to the
+        // OS: it is far above malloc's mmap threshold), so the idle process does not keep an
+        // Argon2 block that no login has asked for yet.
+        let dummy_engine = engine.clone();
+        let dummy = tokio::task::spawn_blocking(move || {
+            dummy_engine.hash(random.as_bytes(), &mut Vec::new())
+        })
+        .await
+        .map_err(|_| HashError::Stopped)??;
+        hasher.dummy = Arc::new(dummy);
         Ok(hasher)
     }
 
