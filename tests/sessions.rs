@@ -728,3 +728,90 @@ fn login_req_from_browser(email: &str) -> test::TestRequest {
     post_json("/v1/login", &json!({"email": email, "password": PASSWORD}))
         .insert_header(("origin", "http://app.test"))
 }
+
+/// The refresh path in one statement (PostgreSQL) and in two steps (SQLite) must agree on
+/// what a refreshed token carries and on what it refuses.
+#[actix_web::test]
+async fn a_refresh_carries_the_current_roles_and_a_disabled_account_cannot_refresh() {
+    for (backend, redis) in shapes().await {
+        let ctx = Ctx::shaped(backend, redis, |_| {}).await;
+        let app = test::init_service(api::app(ctx.state.clone())).await;
+        let (id, _) = register_and_login(&app, "lou@example.com").await;
+        let (_, rt1) = login_pair(&app, "lou@example.com", PASSWORD).await;
+        let verify = |r: &Reply| {
+            ctx.state
+                .keys
+                .current()
+                .verifier()
+                .verify(r.json()["access_token"].as_str().unwrap())
+                .unwrap()
+        };
+
+        // No roles: an empty list, not an error.
+        let r = refresh(&app, &rt1).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(verify(&r).roles.is_empty(), "{backend:?}");
+        let rt2 = r.json()["refresh_token"].as_str().unwrap().to_owned();
+
+        // Roles granted after login show up at the next refresh, sorted.
+        ctx.exec(&format!(
+            "INSERT INTO user_roles (user_id, role, granted_at) VALUES ('{id}', 'support', 1), ('{id}', 'admin', 1)"
+        ))
+        .await;
+        let r = refresh(&app, &rt2).await;
+        assert_eq!(r.status, 200, "{backend:?}");
+        assert_eq!(
+            verify(&r).roles,
+            vec!["admin".to_owned(), "support".to_owned()],
+            "{backend:?}"
+        );
+        let rt3 = r.json()["refresh_token"].as_str().unwrap().to_owned();
+
+        // Disabled: refused, and nothing is written, so the same token works once the account
+        // is enabled again (it was never marked used, so this is not reuse).
+        ctx.exec(&format!(
+            "UPDATE users SET disabled = TRUE WHERE id = '{id}'"
+        ))
+        .await;
+        refresh(&app, &rt3).await.assert_oauth(400, "invalid_grant");
+        ctx.exec(&format!(
+            "UPDATE users SET disabled = FALSE WHERE id = '{id}'"
+        ))
+        .await;
+        let r = refresh(&app, &rt3).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let rt4 = r.json()["refresh_token"].as_str().unwrap().to_owned();
+
+        // Eight refreshes of one token at once: exactly one new pair, the rest refused inside
+        // the grace window, and the family lives on.
+        let replies = futures_util::future::join_all((0..8).map(|_| refresh(&app, &rt4))).await;
+        let winners: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "{backend:?}: {:?}",
+            replies
+                .iter()
+                .map(|r| r.status.as_u16())
+                .collect::<Vec<_>>()
+        );
+        for loser in replies.iter().filter(|r| r.status != 200) {
+            loser.assert_oauth(400, "invalid_grant");
+        }
+        let rt5 = winners[0].json()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(refresh(&app, &rt5).await.status, 200, "{backend:?}");
+    }
+}

@@ -4,9 +4,9 @@
 use crate::crypto::jwt::AccessClaims;
 use crate::domain::{Password, RefreshToken};
 use crate::store::audit::{self, AuditEvent, AuditKind};
-use crate::store::sessions::{self as session_store, RefreshRecord};
+use crate::store::in_transaction;
+use crate::store::sessions::{self as session_store, RefreshRecord, Rotation};
 use crate::store::users;
-use crate::store::StoreError;
 
 use super::accounts::{secs, AccountError, Accounts, FieldError, TokenGrant};
 
@@ -44,61 +44,75 @@ impl Accounts {
             secs(self.sessions.reuse_grace),
             secs(self.sessions.idle_ttl),
         );
+        // One pooled connection. On PostgreSQL the common case is one statement that rotates
+        // the token if it can be rotated as it stands; otherwise (and always on SQLite) the
+        // token is read to tell why, then rotated in a transaction that re-checks what can
+        // change meanwhile (used, session revoked). Nothing is written on a refusal.
+        let next_hash = next.hash();
         let outcome = self
             .db
-            .transaction(move |c| {
-                let Some((stored, session)) = session_store::find_refresh(c, &hash)? else {
+            .run(move |c| {
+                if let Some(done) = session_store::rotate_if_valid(c, &hash, t, &next_hash, idle)? {
+                    return Ok(Refresh::Rotated {
+                        user_id: done.user_id,
+                        sid: done.session_id,
+                        roles: done.roles,
+                        next,
+                    });
+                }
+                let Some(view) = session_store::find_refresh_view(c, &hash)? else {
                     return Ok(Refresh::Invalid("the refresh token is invalid"));
                 };
+                let session = view.session;
                 if session.revoked_at.is_some() {
                     return Ok(Refresh::Invalid("the session has ended"));
                 }
-                if let Some(used) = stored.used_at {
+                if let Some(used) = view.token.used_at {
                     if t - used < grace {
                         return Ok(Refresh::AlreadyUsed);
                     }
-                    session_store::revoke_session(c, &session.id, t, "refresh_token_reuse")?;
-                    audit::record(
-                        c,
-                        &AuditEvent {
-                            kind: AuditKind::RefreshReuse,
-                            at: t,
-                            actor: None,
-                            subject: Some(session.user_id.clone()),
-                            ip: None,
-                            detail: Some(format!("session {} revoked", session.id)),
-                        },
-                    )?;
-                    return Ok(Refresh::ReuseDetected);
+                    return in_transaction(c, |c| {
+                        if !session_store::revoke_session(c, &session.id, t, "refresh_token_reuse")?
+                        {
+                            // Revoked meanwhile by another request: nothing left to do.
+                            return Ok(Refresh::Invalid("the session has ended"));
+                        }
+                        audit::record(
+                            c,
+                            &AuditEvent {
+                                kind: AuditKind::RefreshReuse,
+                                at: t,
+                                actor: None,
+                                subject: Some(session.user_id.clone()),
+                                ip: None,
+                                detail: Some(format!("session {} revoked", session.id)),
+                            },
+                        )?;
+                        Ok(Refresh::ReuseDetected)
+                    });
                 }
-                if stored.expires_at <= t || session.expires_at <= t {
+                if view.token.expires_at <= t || session.expires_at <= t {
                     return Ok(Refresh::Invalid("the refresh token has expired"));
                 }
-                let user = users::find(c, &session.user_id)?.ok_or(StoreError::NotFound)?;
-                if user.disabled {
+                if view.user_disabled {
                     return Ok(Refresh::Invalid("the refresh token is invalid"));
                 }
-                // Conditional on `used_at IS NULL`: of concurrent refreshes one wins.
-                if !session_store::claim_refresh(c, &hash, t)? {
-                    return Ok(Refresh::AlreadyUsed);
-                }
-                session_store::insert_refresh(
-                    c,
-                    &RefreshRecord {
-                        token_hash: next.hash(),
-                        session_id: session.id.clone(),
-                        created_at: t,
-                        expires_at: (t + idle).min(session.expires_at),
-                        used_at: None,
+                let successor = RefreshRecord {
+                    token_hash: next_hash,
+                    session_id: session.id.clone(),
+                    created_at: t,
+                    expires_at: (t + idle).min(session.expires_at),
+                    used_at: None,
+                };
+                Ok(match session_store::rotate_refresh(c, &hash, &successor)? {
+                    Rotation::Rotated => Refresh::Rotated {
+                        user_id: session.user_id,
+                        sid: session.id,
+                        roles: view.roles,
+                        next,
                     },
-                )?;
-                session_store::touch_session(c, &session.id, t)?;
-                let roles = users::roles(c, &user.id)?;
-                Ok(Refresh::Rotated {
-                    user_id: user.id,
-                    sid: session.id,
-                    roles,
-                    next,
+                    Rotation::Lost => Refresh::AlreadyUsed,
+                    Rotation::SessionEnded => Refresh::Invalid("the session has ended"),
                 })
             })
             .await?;

@@ -263,32 +263,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |conn| match conn {
-            // SQLite: take the write lock when the transaction begins. A deferred
-            // transaction that reads and then writes cannot wait for a concurrent writer
-            // (SQLite refuses the lock upgrade at once with "database is locked");
-            // BEGIN IMMEDIATE waits for it under busy_timeout instead.
-            DbConnection::Sqlite(_) => {
-                conn.batch_execute("BEGIN IMMEDIATE").map_err(db_error)?;
-                match f(conn) {
-                    Ok(v) => match conn.batch_execute("COMMIT") {
-                        Ok(()) => Ok(v),
-                        Err(e) => {
-                            let _ = conn.batch_execute("ROLLBACK");
-                            Err(db_error(e))
-                        }
-                    },
-                    Err(e) => {
-                        let _ = conn.batch_execute("ROLLBACK");
-                        Err(e)
-                    }
-                }
-            }
-            DbConnection::Postgres(_) => conn
-                .transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Store))
-                .map_err(TxError::into_store),
-        })
-        .await
+        self.run(move |conn| in_transaction(conn, f)).await
     }
 
     /// Runs `SELECT 1` (readiness).
@@ -306,6 +281,39 @@ impl Db {
             .get()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         f(&mut conn)
+    }
+}
+
+/// Runs `f` inside a transaction on a connection already checked out: committed when `f`
+/// returns `Ok`, rolled back otherwise.
+pub fn in_transaction<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match conn {
+        // SQLite: take the write lock when the transaction begins. A deferred transaction
+        // that reads and then writes cannot wait for a concurrent writer (SQLite refuses the
+        // lock upgrade at once with "database is locked"); BEGIN IMMEDIATE waits for it
+        // under busy_timeout instead.
+        DbConnection::Sqlite(_) => {
+            conn.batch_execute("BEGIN IMMEDIATE").map_err(db_error)?;
+            match f(conn) {
+                Ok(v) => match conn.batch_execute("COMMIT") {
+                    Ok(()) => Ok(v),
+                    Err(e) => {
+                        let _ = conn.batch_execute("ROLLBACK");
+                        Err(db_error(e))
+                    }
+                },
+                Err(e) => {
+                    let _ = conn.batch_execute("ROLLBACK");
+                    Err(e)
+                }
+            }
+        }
+        DbConnection::Postgres(_) => conn
+            .transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Store))
+            .map_err(TxError::into_store),
     }
 }
 

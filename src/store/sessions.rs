@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{refresh_tokens, revoked_tokens, sessions, users};
+use super::schema::{refresh_tokens, revoked_tokens, sessions, user_roles, users};
 use super::{db_error, DbConnection, StoreError};
 use crate::domain::UnixTime;
 
@@ -59,25 +59,214 @@ pub fn find_refresh(
         .map_err(db_error)
 }
 
-/// Marks a token used if nobody did first; false when another request won the race.
-pub fn claim_refresh(conn: &mut DbConnection, hash: &str, t: UnixTime) -> Result<bool, StoreError> {
-    let n = diesel::update(
-        refresh_tokens::table
-            .find(hash)
-            .filter(refresh_tokens::used_at.is_null()),
-    )
-    .set(refresh_tokens::used_at.eq(Some(t)))
-    .execute(conn)
-    .map_err(db_error)?;
-    Ok(n == 1)
+/// What a refresh decides on, read in one query: the presented token, its session, whether
+/// the account is disabled, and the account's roles (sorted).
+#[derive(Debug, Clone)]
+pub struct RefreshView {
+    pub token: RefreshRecord,
+    pub session: SessionRecord,
+    pub user_disabled: bool,
+    pub roles: Vec<String>,
 }
 
-pub fn touch_session(conn: &mut DbConnection, id: &str, t: UnixTime) -> Result<(), StoreError> {
-    diesel::update(sessions::table.find(id))
-        .set(sessions::last_used_at.eq(t))
-        .execute(conn)
+/// The refresh token with this hash, with its session, account flag and roles: one round
+/// trip (a row per role, the account's roles joined in).
+pub fn find_refresh_view(
+    conn: &mut DbConnection,
+    hash: &str,
+) -> Result<Option<RefreshView>, StoreError> {
+    let rows: Vec<(RefreshRecord, SessionRecord, bool, Option<String>)> = refresh_tokens::table
+        .inner_join(sessions::table.inner_join(users::table))
+        .left_join(user_roles::table.on(user_roles::user_id.eq(sessions::user_id)))
+        .filter(refresh_tokens::token_hash.eq(hash))
+        .select((
+            refresh_tokens::all_columns,
+            sessions::all_columns,
+            users::disabled,
+            user_roles::role.nullable(),
+        ))
+        .order(user_roles::role.asc())
+        .load(conn)
         .map_err(db_error)?;
-    Ok(())
+    let mut rows = rows.into_iter();
+    let Some((token, session, user_disabled, first_role)) = rows.next() else {
+        return Ok(None);
+    };
+    let roles = first_role
+        .into_iter()
+        .chain(rows.filter_map(|(_, _, _, role)| role))
+        .collect();
+    Ok(Some(RefreshView {
+        token,
+        session,
+        user_disabled,
+        roles,
+    }))
+}
+
+/// How an attempt to rotate a refresh token ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was marked used, its session touched and `next` stored.
+    Rotated,
+    /// Another request marked the token used first; nothing was written.
+    Lost,
+    /// The session was revoked after it was read; no successor was stored.
+    SessionEnded,
+}
+
+/// A refresh token rotated by [`rotate_if_valid`]: whose it was, and the account's roles.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Rotated {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub user_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub session_id: String,
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Text>)]
+    pub roles: Vec<String>,
+}
+
+/// PostgreSQL: the whole common case of a refresh as one statement, so one round trip, atomic
+/// without BEGIN/COMMIT. The token is marked used only if it is unused and unexpired, its
+/// session live and unexpired and its account enabled; of concurrent refreshes one wins (the
+/// others wait on the row lock, then find it used). The session is touched only if still
+/// unrevoked, and the successor is inserted only when both matched. The binds (hash, now,
+/// successor hash, idle TTL) go in the first CTE, each once, because diesel writes the
+/// placeholder where a bind is pushed.
+const ROTATE_POSTGRES: [&str; 5] = [
+    "WITH p AS (SELECT ",
+    "::text AS hash, ",
+    "::bigint AS now, ",
+    "::text AS next_hash, ",
+    "::bigint AS idle_ttl
+), claimed AS (
+    UPDATE refresh_tokens r SET used_at = p.now
+    FROM p, sessions s, users u
+    WHERE r.token_hash = p.hash AND r.used_at IS NULL AND r.expires_at > p.now
+      AND s.id = r.session_id AND s.revoked_at IS NULL AND s.expires_at > p.now
+      AND u.id = s.user_id AND NOT u.disabled
+    RETURNING r.session_id
+), live AS (
+    UPDATE sessions s SET last_used_at = p.now
+    FROM p, claimed c
+    WHERE s.id = c.session_id AND s.revoked_at IS NULL
+    RETURNING s.id, s.user_id, s.expires_at
+), inserted AS (
+    INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, used_at)
+    SELECT p.next_hash, live.id, p.now, LEAST(p.now + p.idle_ttl, live.expires_at), NULL
+    FROM p, live
+    RETURNING session_id
+)
+SELECT live.user_id, live.id AS session_id,
+       ARRAY(SELECT role FROM user_roles WHERE user_id = live.user_id ORDER BY role) AS roles
+FROM live JOIN inserted ON inserted.session_id = live.id",
+];
+
+/// `ROTATE_POSTGRES` with its binds, as a query of its own type. diesel prepares a query
+/// once per connection and reuses it only when it can tell the query by its type; a
+/// `sql_query` (and any UPDATE built with the DSL) is parsed and planned again on every
+/// call, which on the refresh path was most of PostgreSQL's CPU time.
+#[derive(Debug)]
+struct RotatePostgres<'a> {
+    hash: &'a str,
+    now: UnixTime,
+    next_hash: &'a str,
+    idle_ttl: i64,
+}
+
+impl diesel::query_builder::QueryId for RotatePostgres<'_> {
+    type QueryId = RotatePostgres<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for RotatePostgres<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RotatePostgres<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text};
+        let [with, after_hash, after_now, after_next_hash, rest] = ROTATE_POSTGRES;
+        out.push_sql(with);
+        out.push_bind_param::<Text, _>(self.hash)?;
+        out.push_sql(after_hash);
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(after_now);
+        out.push_bind_param::<Text, _>(self.next_hash)?;
+        out.push_sql(after_next_hash);
+        out.push_bind_param::<BigInt, _>(&self.idle_ttl)?;
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl<Conn> RunQueryDsl<Conn> for RotatePostgres<'_> {}
+
+/// The common case of a refresh in one round trip, where the backend allows it (PostgreSQL):
+/// rotates `hash` into `next_hash` if the token can be rotated as it stands. `None` means it
+/// could not (unknown, used, expired, session ended, account disabled; nothing was written),
+/// and always on SQLite, whose two-step path costs no network round trip: the caller then
+/// reads the token with [`find_refresh_view`] to tell which, and rotates with
+/// [`rotate_refresh`].
+pub fn rotate_if_valid(
+    conn: &mut DbConnection,
+    hash: &str,
+    now: UnixTime,
+    next_hash: &str,
+    idle_ttl: i64,
+) -> Result<Option<Rotated>, StoreError> {
+    let DbConnection::Postgres(pg) = conn else {
+        return Ok(None);
+    };
+    RotatePostgres {
+        hash,
+        now,
+        next_hash,
+        idle_ttl,
+    }
+    .get_result(pg)
+    .optional()
+    .map_err(db_error)
+}
+
+/// Rotates `hash` into `next` (whose session is the token's): marks the token used if nobody
+/// did first, touches its session if it is still live, and stores the successor, all or
+/// nothing.
+pub fn rotate_refresh(
+    conn: &mut DbConnection,
+    hash: &str,
+    next: &RefreshRecord,
+) -> Result<Rotation, StoreError> {
+    let t = next.created_at;
+    super::in_transaction(conn, |c| {
+        let claimed = diesel::update(
+            refresh_tokens::table
+                .find(hash)
+                .filter(refresh_tokens::used_at.is_null()),
+        )
+        .set(refresh_tokens::used_at.eq(Some(t)))
+        .execute(c)
+        .map_err(db_error)?;
+        if claimed != 1 {
+            return Ok(Rotation::Lost);
+        }
+        let live = diesel::update(
+            sessions::table
+                .find(&next.session_id)
+                .filter(sessions::revoked_at.is_null()),
+        )
+        .set(sessions::last_used_at.eq(t))
+        .execute(c)
+        .map_err(db_error)?;
+        if live != 1 {
+            return Ok(Rotation::SessionEnded);
+        }
+        insert_refresh(c, next)?;
+        Ok(Rotation::Rotated)
+    })
 }
 
 pub fn find_session(
