@@ -1,18 +1,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Cluster test: runs `tests/cluster/rotation.py` against three replicas of the real
-//! `tessera` binary sharing one PostgreSQL database and one Redis.
+//! Cluster tests: Python scripts driving several replicas of the real `tessera` binary that
+//! share one PostgreSQL database and one Redis.
 //!
-//! The script plays a careful sibling service: one cached JWKS honouring `max-age` exactly,
+//! `tests/cluster/rotation.py`, three replicas: the script plays a careful sibling service: one cached JWKS honouring `max-age` exactly,
 //! every fresh token verified offline with PyJWT while keys rotate on schedule and on demand,
 //! a replica is SIGKILLed mid-rotation and the active key is revoked. It checks that no token
 //! ever carries an unknown kid, that replicas switch key at the same instant, that rotations
 //! are serialised, and that a revoked key stops verifying everywhere at once (DESIGN §5).
 //!
+//! `tests/cluster/limits.py`, two replicas: login limits per client address and per account
+//! (e-mail variants included) are counted once across both, with 429 and its headers on
+//! either replica (DESIGN §6).
+//!
 //! Needs: PostgreSQL at postgres://postgres@127.0.0.1:5432/postgres with `psql` on PATH (the
 //! script creates and drops a database `tessera_cluster_<random>`), Redis at
 //! redis://127.0.0.1:6379, and a Python with PyJWT[crypto]: `TESSERA_TEST_PYTHON`, else
 //! `<crate>/.venv/bin/python` (`make venv`). Without any of them the test is skipped loudly,
-//! except under `CI=true`, where it fails. It takes about two minutes.
+//! except under `CI=true`, where it fails. Rotation takes about two minutes, limits seconds.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const TEST_NAME: &str = "three_replicas_rotate_keys_with_zero_failed_verifications";
 const POSTGRES: &str = "127.0.0.1:5432";
 const REDIS: &str = "127.0.0.1:6379";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -112,7 +115,7 @@ fn check_psql() -> Result<(), String> {
 }
 
 /// Skips loudly outside CI, fails under `CI=true`.
-fn skip_or_fail(why: &str, hint: &str) {
+fn skip_or_fail(test: &str, why: &str, hint: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("cluster test cannot run under CI: {why}; {hint}");
     }
@@ -121,15 +124,17 @@ fn skip_or_fail(why: &str, hint: &str) {
     let stars = "*".repeat(78);
     let _ = writeln!(
         std::io::stderr().lock(),
-        "\n{stars}\nSKIPPED: {TEST_NAME}\nSKIPPED: {why}\nSKIPPED: {hint}\n{stars}\n"
+        "\n{stars}\nSKIPPED: {test}\nSKIPPED: {why}\nSKIPPED: {hint}\n{stars}\n"
     );
 }
 
-#[test]
-fn three_replicas_rotate_keys_with_zero_failed_verifications() {
+/// Runs `tests/cluster/<script>` with the built binary, or skips (fails in CI) when Python
+/// with PyJWT, PostgreSQL with psql, or Redis is missing.
+fn run_cluster_script(test: &str, script: &str) {
     let python = python_interpreter();
     if let Err(why) = check_python(&python) {
         skip_or_fail(
+            test,
             &why,
             "run `make venv` (or set TESSERA_TEST_PYTHON to a Python 3.11+ \
              with `pip install -r tests/blackbox/requirements.txt`)",
@@ -142,6 +147,7 @@ fn three_replicas_rotate_keys_with_zero_failed_verifications() {
         .and_then(|()| check_redis().map_err(|e| format!("Redis unreachable: {e}")));
     if let Err(why) = services {
         skip_or_fail(
+            test,
             &why,
             "start PostgreSQL (user postgres, trust auth on 127.0.0.1:5432, with psql) \
              and Redis on 127.0.0.1:6379",
@@ -150,7 +156,7 @@ fn three_replicas_rotate_keys_with_zero_failed_verifications() {
     }
 
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = manifest_dir.join("tests/cluster/rotation.py");
+    let script = manifest_dir.join("tests/cluster").join(script);
     let out = Command::new(&python)
         .arg(&script)
         .current_dir(manifest_dir)
@@ -169,5 +175,21 @@ fn three_replicas_rotate_keys_with_zero_failed_verifications() {
         "{} failed ({}); see its output above",
         script.display(),
         out.status
+    );
+}
+
+#[test]
+fn three_replicas_rotate_keys_with_zero_failed_verifications() {
+    run_cluster_script(
+        "three_replicas_rotate_keys_with_zero_failed_verifications",
+        "rotation.py",
+    );
+}
+
+#[test]
+fn two_replicas_count_rate_limits_once_through_redis() {
+    run_cluster_script(
+        "two_replicas_count_rate_limits_once_through_redis",
+        "limits.py",
     );
 }
