@@ -41,6 +41,10 @@ pub enum ApiError {
     NotFound,
     #[error("no such signing key")]
     KeyNotFound,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("refused on the caller's own account")]
+    OwnAccount(&'static str),
     #[error("rotation in progress")]
     RotationInProgress(String),
     #[error("method not allowed")]
@@ -121,6 +125,16 @@ impl ApiError {
                 "key_not_found",
                 "No signing key has this kid",
             ),
+            ApiError::UserNotFound => (
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                "No account has this id",
+            ),
+            ApiError::OwnAccount(_) => (
+                StatusCode::CONFLICT,
+                "own_account",
+                "Admins cannot do this to their own account",
+            ),
             ApiError::RotationInProgress(_) => (
                 StatusCode::CONFLICT,
                 "rotation_in_progress",
@@ -163,6 +177,7 @@ impl ApiError {
         match self {
             ApiError::MalformedRequest(why) => (*why).to_owned(),
             ApiError::RotationInProgress(why) => why.clone(),
+            ApiError::OwnAccount(why) => (*why).to_owned(),
             ApiError::InvalidGrant(why) => (*why).to_owned(),
             ApiError::ValidationFailed(_) => "See `errors` for each invalid field.".into(),
             ApiError::Internal => "Quote the request id when reporting this.".into(),
@@ -235,6 +250,8 @@ impl From<AccountError> for ApiError {
             AccountError::EmailTaken => ApiError::EmailTaken,
             AccountError::InvalidCredentials => ApiError::InvalidCredentials,
             AccountError::TokenRevoked => ApiError::InvalidToken,
+            AccountError::UserNotFound => ApiError::UserNotFound,
+            AccountError::OwnAccount(why) => ApiError::OwnAccount(why),
             AccountError::InvalidGrant(why) => ApiError::InvalidGrant(why),
             AccountError::Overloaded => {
                 tracing::warn!("password hashing queue full: request shed");
@@ -375,9 +392,10 @@ impl From<AccountError> for OAuthError {
             AccountError::TokenRevoked | AccountError::InvalidCredentials => {
                 OAuthError::InvalidGrant("the grant is invalid")
             }
-            AccountError::Invalid(_) | AccountError::EmailTaken => {
-                OAuthError::InvalidRequest("the request is invalid")
-            }
+            AccountError::Invalid(_)
+            | AccountError::EmailTaken
+            | AccountError::UserNotFound
+            | AccountError::OwnAccount(_) => OAuthError::InvalidRequest("the request is invalid"),
             AccountError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 OAuthError::Server

@@ -1,5 +1,7 @@
 //! `/v1/admin/*`: administration, for accounts with the `admin` role (the `Admin`
-//! extractor enforces it). Key lifecycle (DESIGN §5).
+//! extractor enforces it). Key lifecycle (DESIGN §5) and user administration (§3).
+
+use std::collections::HashMap;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,6 +13,7 @@ use super::users::rfc3339;
 use super::{resource, AppState};
 use crate::crypto::keys::KeyAlg;
 use crate::error::ApiError;
+use crate::service::admin_users::UserView;
 use crate::service::keyring::KeyState;
 use crate::service::FieldError;
 use crate::store::keys::KeyRecord;
@@ -18,7 +21,18 @@ use crate::store::keys::KeyRecord;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/admin/keys", "GET").route(web::get().to(list_keys)))
         .service(resource("/v1/admin/keys/rotate", "POST").route(web::post().to(rotate)))
-        .service(resource("/v1/admin/keys/{kid}/revoke", "POST").route(web::post().to(revoke)));
+        .service(resource("/v1/admin/keys/{kid}/revoke", "POST").route(web::post().to(revoke)))
+        .service(resource("/v1/admin/users", "GET").route(web::get().to(list_users)))
+        .service(
+            resource("/v1/admin/users/{id}", "GET, PATCH")
+                .route(web::get().to(get_user))
+                .route(web::patch().to(patch_user)),
+        )
+        .service(resource("/v1/admin/users/{id}/roles", "PUT").route(web::put().to(put_roles)))
+        .service(
+            resource("/v1/admin/users/{id}/sessions/revoke", "POST")
+                .route(web::post().to(revoke_sessions)),
+        );
 }
 
 /// A key as admins see it: identity, state and every timestamp; never private material.
@@ -108,4 +122,120 @@ async fn revoke(
         "replacement": outcome.replacement.as_ref().map(state_of),
         "already_revoked": outcome.already_revoked,
     })))
+}
+
+/// An account as admins see it (never the password hash).
+fn user_json(u: &UserView) -> Value {
+    json!({
+        "id": u.id,
+        "email": u.email.as_str(),
+        "disabled": u.disabled,
+        "roles": u.roles,
+        "created_at": rfc3339(u.created_at),
+        "tokens_valid_after": u.tokens_valid_after.map(rfc3339),
+    })
+}
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+/// `GET /v1/admin/users?limit=&after=`: accounts in id order; `next` is the `after` of the
+/// next page, absent on the last.
+async fn list_users(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut errors = Vec::new();
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            errors.push(FieldError {
+                field: "limit",
+                code: "out_of_range",
+                message: format!("must be a whole number from 1 to {MAX_PAGE}"),
+            });
+            DEFAULT_PAGE
+        }
+    };
+    let after = query.get("after").cloned();
+    if after.as_ref().is_some_and(|a| a.is_empty() || a.len() > 64) {
+        errors.push(FieldError {
+            field: "after",
+            code: "invalid",
+            message: "must be a user id from a previous page".into(),
+        });
+    }
+    for key in query
+        .keys()
+        .filter(|k| !["limit", "after"].contains(&k.as_str()))
+    {
+        let shown: String = key.chars().take(64).collect();
+        errors.push(FieldError {
+            field: "query",
+            code: "unknown_parameter",
+            message: format!("unknown query parameter `{shown}`"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::ValidationFailed(errors));
+    }
+    let page = state.accounts.list_users(after, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "users": page.users.iter().map(user_json).collect::<Vec<_>>(),
+        "next": page.next,
+    })))
+}
+
+async fn get_user(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(user_json(&state.accounts.user(&id).await?)))
+}
+
+/// `PATCH /v1/admin/users/{id}` `{"disabled": bool}`.
+async fn patch_user(
+    admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let mut fields = Fields::new(body.into_inner())?;
+    let disabled = fields.bool("disabled");
+    fields.finish()?;
+    let view = state
+        .accounts
+        .set_disabled(&id, disabled, &admin.user_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(user_json(&view)))
+}
+
+/// `PUT /v1/admin/users/{id}/roles` `{"roles": [..]}`: the complete new set.
+async fn put_roles(
+    admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let mut fields = Fields::new(body.into_inner())?;
+    let roles = fields.strings("roles");
+    fields.finish()?;
+    let view = state
+        .accounts
+        .set_roles(&id, &roles, &admin.user_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(user_json(&view)))
+}
+
+/// `POST /v1/admin/users/{id}/sessions/revoke`.
+async fn revoke_sessions(
+    admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ended = state.accounts.end_sessions(&id, &admin.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "sessions_revoked": ended })))
 }

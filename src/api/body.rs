@@ -95,6 +95,69 @@ impl Fields {
         }
     }
 
+    /// A required boolean field; records an error and returns `false` when absent or
+    /// mistyped.
+    pub fn bool(&mut self, name: &'static str) -> bool {
+        match self.map.remove(name) {
+            Some(Value::Bool(b)) => b,
+            other => {
+                self.errors.push(FieldError {
+                    field: name,
+                    code: if other.is_some() {
+                        "invalid_type"
+                    } else {
+                        "required"
+                    },
+                    message: if other.is_some() {
+                        "must be true or false".into()
+                    } else {
+                        "is required".into()
+                    },
+                });
+                false
+            }
+        }
+    }
+
+    /// A required array of strings; records an error and returns what it could read when
+    /// absent or mistyped.
+    pub fn strings(&mut self, name: &'static str) -> Vec<String> {
+        let mistyped = |errors: &mut Vec<FieldError>| {
+            errors.push(FieldError {
+                field: name,
+                code: "invalid_type",
+                message: "must be an array of strings".into(),
+            });
+        };
+        match self.map.remove(name) {
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s),
+                        _ => {
+                            mistyped(&mut self.errors);
+                            return Vec::new();
+                        }
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                mistyped(&mut self.errors);
+                Vec::new()
+            }
+            None => {
+                self.errors.push(FieldError {
+                    field: name,
+                    code: "required",
+                    message: "is required".into(),
+                });
+                Vec::new()
+            }
+        }
+    }
+
     /// Records a problem found while interpreting a field.
     pub fn push(&mut self, error: FieldError) {
         self.errors.push(error);

@@ -41,6 +41,11 @@ pub enum AccountError {
     InvalidCredentials,
     #[error("token no longer valid")]
     TokenRevoked,
+    #[error("no such user")]
+    UserNotFound,
+    /// An admin acting on their own account in a way that could lock them out.
+    #[error("refused on the caller's own account: {0}")]
+    OwnAccount(&'static str),
     #[error("invalid grant: {0}")]
     InvalidGrant(&'static str),
     #[error("password hashing is saturated")]

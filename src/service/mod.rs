@@ -2,6 +2,7 @@
 //! errors of this layer are `AccountError` and `KeyRingError`.
 
 pub mod accounts;
+pub mod admin_users;
 pub mod keyring;
 pub mod sessions;
 

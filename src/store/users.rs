@@ -152,3 +152,64 @@ pub fn grant_role(
         Err(e) => Err(e),
     }
 }
+
+/// Users in id order after `after` (keyset paging: ids are UUIDv7, so this is roughly the
+/// order of registration), at most `limit`.
+pub fn list(
+    conn: &mut DbConnection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UserRecord>, StoreError> {
+    let rows = match after {
+        Some(after) => users::table
+            .filter(users::id.gt(after))
+            .order(users::id.asc())
+            .limit(limit)
+            .load::<UserRow>(conn),
+        None => users::table
+            .order(users::id.asc())
+            .limit(limit)
+            .load::<UserRow>(conn),
+    }
+    .map_err(db_error)?;
+    Ok(rows.into_iter().map(UserRecord::from).collect())
+}
+
+/// The roles of each of `ids`, as (user id, role) pairs sorted by user and role.
+pub fn roles_of(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    user_roles::table
+        .filter(user_roles::user_id.eq_any(ids))
+        .select((user_roles::user_id, user_roles::role))
+        .order((user_roles::user_id.asc(), user_roles::role.asc()))
+        .load(conn)
+        .map_err(db_error)
+}
+
+/// Sets the disabled flag; false when there is no such user.
+pub fn set_disabled(
+    conn: &mut DbConnection,
+    id: &str,
+    disabled: bool,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(users::table.find(id))
+        .set((users::disabled.eq(disabled), users::updated_at.eq(now)))
+        .execute(conn)
+        .map_err(db_error)?;
+    Ok(n == 1)
+}
+
+/// Revokes a role; returns false when the user did not have it.
+pub fn revoke_role(conn: &mut DbConnection, user_id: &str, role: &str) -> Result<bool, StoreError> {
+    let n = diesel::delete(
+        user_roles::table
+            .filter(user_roles::user_id.eq(user_id))
+            .filter(user_roles::role.eq(role)),
+    )
+    .execute(conn)
+    .map_err(db_error)?;
+    Ok(n == 1)
+}

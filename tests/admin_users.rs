@@ -1,0 +1,435 @@
+//! User administration (`/v1/admin/users…`) in both deployment shapes: embedded (SQLite +
+//! in-process mirror) and cluster (PostgreSQL + Redis).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix_web::test;
+use common::*;
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use tessera::api;
+use tessera::domain::ManualClock;
+use tessera::store::audit::{self, AuditKind};
+
+/// A context on a clock of the test's own: a mark ("tokens issued before T are invalid") has
+/// one-second resolution, so the tests move time on instead of sleeping.
+async fn clocked(
+    backend: Backend,
+    redis: bool,
+) -> (tessera::api::AppState, Arc<ManualClock>, TestDb) {
+    let clock = Arc::new(ManualClock::new(tessera::domain::now()));
+    let db = TestDb::new(backend);
+    let s = shape_settings(&db, &new_kek(), redis);
+    let state = tessera::startup::build_state_with_clock(s, clock.clone())
+        .await
+        .unwrap();
+    (state, clock, db)
+}
+
+fn admin_req(method: &str, path: &str, token: &str) -> test::TestRequest {
+    let req = match method {
+        "GET" => test::TestRequest::get(),
+        "PATCH" => test::TestRequest::patch(),
+        "PUT" => test::TestRequest::put(),
+        _ => test::TestRequest::post(),
+    };
+    req.uri(path)
+        .insert_header(("authorization", format!("Bearer {token}")))
+}
+
+fn with_json(req: test::TestRequest, body: &Value) -> test::TestRequest {
+    req.insert_header(("content-type", "application/json"))
+        .set_payload(body.to_string())
+}
+
+async fn events(
+    state: &tessera::api::AppState,
+    kind: AuditKind,
+    subject: &str,
+) -> Vec<Option<String>> {
+    let subject = subject.to_owned();
+    state
+        .db
+        .run(move |c| audit::list_for_subject(c, kind, &subject))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, actor)| actor)
+        .collect()
+}
+
+#[actix_web::test]
+async fn admins_page_through_read_disable_and_enable_accounts() {
+    for (backend, redis) in shapes().await {
+        let (state, clock, _db) = clocked(backend, redis).await;
+        let app = test::init_service(api::app(state.clone())).await;
+        let admin = admin_token(&app, &state, "root@example.com").await;
+        let admin_id = send(&app, bearer("/v1/me", &admin)).await.json()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (ann, _) = register_and_login(&app, "ann@example.com").await;
+        let (bob, bob_token) = register_and_login(&app, "bob@example.com").await;
+        register_and_login(&app, "cat@example.com").await;
+        let (ann_access, ann_refresh) = login_pair(&app, "ann@example.com", PASSWORD).await;
+
+        // Paging: two pages of two, every account once, no password hash anywhere.
+        let first = send(&app, admin_req("GET", "/v1/admin/users?limit=2", &admin)).await;
+        assert_eq!(
+            first.status,
+            200,
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&first.body)
+        );
+        let first = first.json();
+        let next = first["next"].as_str().expect("a next page").to_owned();
+        let second = send(
+            &app,
+            admin_req(
+                "GET",
+                &format!("/v1/admin/users?limit=2&after={next}"),
+                &admin,
+            ),
+        )
+        .await
+        .json();
+        assert!(second["next"].is_string(), "{second}");
+        let third = send(
+            &app,
+            admin_req(
+                "GET",
+                &format!(
+                    "/v1/admin/users?limit=2&after={}",
+                    second["next"].as_str().unwrap()
+                ),
+                &admin,
+            ),
+        )
+        .await
+        .json();
+        assert_eq!(third["users"].as_array().unwrap().len(), 0, "{third}");
+        assert!(third["next"].is_null());
+        let listed: Vec<&Value> = first["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(second["users"].as_array().unwrap())
+            .collect();
+        let emails: BTreeSet<&str> = listed
+            .iter()
+            .map(|u| u["email"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            emails,
+            BTreeSet::from([
+                "ann@example.com",
+                "bob@example.com",
+                "cat@example.com",
+                "root@example.com"
+            ]),
+            "{backend:?}"
+        );
+        for u in &listed {
+            let text = u.to_string();
+            assert!(
+                !text.contains("argon2") && !text.contains("password"),
+                "{text}"
+            );
+            let expected_roles = if u["id"] == admin_id.as_str() {
+                json!(["admin"])
+            } else {
+                json!([])
+            };
+            assert_eq!(u["roles"], expected_roles, "{u}");
+        }
+        for bad in ["limit=0", "limit=201", "limit=ten", "after=", "colour=blue"] {
+            send(
+                &app,
+                admin_req("GET", &format!("/v1/admin/users?{bad}"), &admin),
+            )
+            .await
+            .assert_problem(400, "validation_failed");
+        }
+
+        // Only admins; unknown ids are 404.
+        send(&app, admin_req("GET", "/v1/admin/users", &bob_token))
+            .await
+            .assert_problem(403, "forbidden");
+        send(&app, get("/v1/admin/users"))
+            .await
+            .assert_problem(401, "missing_token");
+        send(
+            &app,
+            admin_req("GET", "/v1/admin/users/no-such-user", &admin),
+        )
+        .await
+        .assert_problem(404, "user_not_found");
+        let one = send(
+            &app,
+            admin_req("GET", &format!("/v1/admin/users/{ann}"), &admin),
+        )
+        .await;
+        assert_eq!(one.status, 200);
+        assert_eq!(one.json()["email"], "ann@example.com");
+        assert_eq!(one.json()["disabled"], false);
+
+        // Bad bodies change nothing.
+        let patch = |id: &str, body: Value| {
+            with_json(
+                admin_req("PATCH", &format!("/v1/admin/users/{id}"), &admin),
+                &body,
+            )
+        };
+        for body in [
+            json!({}),
+            json!({"disabled": "yes"}),
+            json!({"disabled": true, "email": "x@example.com"}),
+        ] {
+            send(&app, patch(&ann, body))
+                .await
+                .assert_problem(400, "validation_failed");
+        }
+        send(
+            &app,
+            admin_req("PATCH", &format!("/v1/admin/users/{ann}"), &admin)
+                .insert_header(("content-type", "text/plain"))
+                .set_payload("disabled"),
+        )
+        .await
+        .assert_problem(415, "unsupported_media_type");
+        send(&app, patch("no-such-user", json!({"disabled": true})))
+            .await
+            .assert_problem(404, "user_not_found");
+        send(&app, patch(&admin_id, json!({"disabled": true})))
+            .await
+            .assert_problem(409, "own_account");
+        assert_eq!(send(&app, bearer("/v1/me", &ann_access)).await.status, 200);
+
+        // Disable: every token and session of the account dies at once, nobody else's.
+        clock.advance(2);
+        let r = send(&app, patch(&ann, json!({"disabled": true}))).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["disabled"], true);
+        assert!(r.json()["tokens_valid_after"].is_string());
+        send(&app, bearer("/v1/me", &ann_access))
+            .await
+            .assert_problem(401, "invalid_token");
+        refresh(&app, &ann_refresh)
+            .await
+            .assert_oauth(400, "invalid_grant");
+        send(
+            &app,
+            post_json(
+                "/v1/login",
+                &json!({"email": "ann@example.com", "password": PASSWORD}),
+            ),
+        )
+        .await
+        .assert_problem(401, "invalid_credentials");
+        assert_eq!(send(&app, bearer("/v1/me", &bob_token)).await.status, 200);
+        assert_eq!(
+            events(&state, AuditKind::UserDisabled, &ann).await,
+            vec![Some(admin_id.clone())]
+        );
+        if redis {
+            let mut conn = redis::Client::open(redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let key = format!("{}revoked:user:{ann}", state.settings.redis.key_prefix);
+            let mark: Option<i64> = conn.get(&key).await.unwrap();
+            assert!(
+                mark.is_some(),
+                "{backend:?}: a sibling checking Redis sees the mark"
+            );
+        }
+
+        // Enable: the account logs in again; tokens from before stay dead.
+        clock.advance(2);
+        let r = send(&app, patch(&ann, json!({"disabled": false}))).await;
+        assert_eq!(r.json()["disabled"], false);
+        assert_eq!(events(&state, AuditKind::UserEnabled, &ann).await.len(), 1);
+        let fresh = login(&app, "ann@example.com", PASSWORD).await;
+        assert_eq!(send(&app, bearer("/v1/me", &fresh)).await.status, 200);
+        send(&app, bearer("/v1/me", &ann_access))
+            .await
+            .assert_problem(401, "invalid_token");
+        assert_eq!(
+            send(
+                &app,
+                admin_req("GET", &format!("/v1/admin/users/{bob}"), &admin)
+            )
+            .await
+            .json()["disabled"],
+            false
+        );
+    }
+}
+
+#[actix_web::test]
+async fn replacing_roles_and_ending_sessions_invalidate_the_old_tokens() {
+    for (backend, redis) in shapes().await {
+        let (state, clock, _db) = clocked(backend, redis).await;
+        let app = test::init_service(api::app(state.clone())).await;
+        let admin = admin_token(&app, &state, "root@example.com").await;
+        let admin_id = send(&app, bearer("/v1/me", &admin)).await.json()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (dee, dee_token) = register_and_login(&app, "dee@example.com").await;
+        let roles_path = format!("/v1/admin/users/{dee}/roles");
+        let put = |path: &str, body: Value| with_json(admin_req("PUT", path, &admin), &body);
+
+        // Bad role names and bodies: 400, nothing changes.
+        for body in [
+            json!({"roles": ["Not A Role"]}),
+            json!({"roles": "admin"}),
+            json!({"roles": [1]}),
+            json!({}),
+        ] {
+            send(&app, put(&roles_path, body))
+                .await
+                .assert_problem(400, "validation_failed");
+        }
+        assert_eq!(
+            send(&app, bearer("/v1/me", &dee_token)).await.json()["roles"],
+            json!([])
+        );
+        send(
+            &app,
+            put("/v1/admin/users/no-such-user/roles", json!({"roles": []})),
+        )
+        .await
+        .assert_problem(404, "user_not_found");
+        send(
+            &app,
+            put(
+                &format!("/v1/admin/users/{admin_id}/roles"),
+                json!({"roles": ["support"]}),
+            ),
+        )
+        .await
+        .assert_problem(409, "own_account");
+        assert_eq!(
+            send(&app, bearer("/v1/me", &admin)).await.json()["roles"],
+            json!(["admin"])
+        );
+
+        // A change: the old token dies, a new login carries the new roles (sorted, no
+        // duplicates), each change is audited.
+        clock.advance(2);
+        let r = send(
+            &app,
+            put(
+                &roles_path,
+                json!({"roles": ["support", "billing:read", "support"]}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["roles"], json!(["billing:read", "support"]));
+        send(&app, bearer("/v1/me", &dee_token))
+            .await
+            .assert_problem(401, "invalid_token");
+        clock.advance(1);
+        let (access, refresh_token) = login_pair(&app, "dee@example.com", PASSWORD).await;
+        let claims = state.keys.current().verifier().verify(&access).unwrap();
+        assert_eq!(
+            claims.roles,
+            vec!["billing:read".to_owned(), "support".to_owned()]
+        );
+        assert_eq!(events(&state, AuditKind::RoleGranted, &dee).await.len(), 2);
+
+        // The same set again is no change: the token from after the change lives on.
+        let r = send(
+            &app,
+            put(&roles_path, json!({"roles": ["billing:read", "support"]})),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(send(&app, bearer("/v1/me", &access)).await.status, 200);
+        clock.advance(2);
+        let r = send(&app, put(&roles_path, json!({"roles": ["support"]}))).await;
+        assert_eq!(r.json()["roles"], json!(["support"]));
+        assert_eq!(
+            events(&state, AuditKind::RoleRevoked, &dee).await,
+            vec![Some(admin_id.clone())]
+        );
+        send(&app, bearer("/v1/me", &access))
+            .await
+            .assert_problem(401, "invalid_token");
+
+        // Ending every session: refresh tokens and access tokens both die.
+        clock.advance(1);
+        let r = refresh(&app, &refresh_token).await;
+        assert_eq!(r.status, 200, "{backend:?}: refresh survives a role change");
+        let refreshed = r.json();
+        let (access2, refresh2) = (
+            refreshed["access_token"].as_str().unwrap().to_owned(),
+            refreshed["refresh_token"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(
+            state
+                .keys
+                .current()
+                .verifier()
+                .verify(&access2)
+                .unwrap()
+                .roles,
+            vec!["support".to_owned()]
+        );
+        clock.advance(2);
+        let r = send(
+            &app,
+            admin_req(
+                "POST",
+                &format!("/v1/admin/users/{dee}/sessions/revoke"),
+                &admin,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["sessions_revoked"],
+            2,
+            "{backend:?}: the first login's and the second's"
+        );
+        refresh(&app, &refresh2)
+            .await
+            .assert_oauth(400, "invalid_grant");
+        send(&app, bearer("/v1/me", &access2))
+            .await
+            .assert_problem(401, "invalid_token");
+        assert_eq!(
+            events(&state, AuditKind::SessionsRevoked, &dee).await.len(),
+            1
+        );
+        send(
+            &app,
+            admin_req(
+                "POST",
+                "/v1/admin/users/no-such-user/sessions/revoke",
+                &admin,
+            ),
+        )
+        .await
+        .assert_problem(404, "user_not_found");
+        // The admin's own session was never touched.
+        assert_eq!(send(&app, bearer("/v1/me", &admin)).await.status, 200);
+    }
+}
