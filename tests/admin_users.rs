@@ -62,6 +62,17 @@ async fn events(
         .collect()
 }
 
+/// The account's durable "tokens issued before T are invalid" mark.
+async fn stored_mark(state: &tessera::api::AppState, id: &str) -> Option<i64> {
+    let id = id.to_owned();
+    state
+        .db
+        .run(move |c| tessera::store::users::find(c, &id))
+        .await
+        .unwrap()
+        .and_then(|u| u.tokens_valid_after)
+}
+
 #[actix_web::test]
 async fn admins_page_through_read_disable_and_enable_accounts() {
     for (backend, redis) in shapes().await {
@@ -97,22 +108,10 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
         )
         .await
         .json();
-        assert!(second["next"].is_string(), "{second}");
-        let third = send(
-            &app,
-            admin_req(
-                "GET",
-                &format!(
-                    "/v1/admin/users?limit=2&after={}",
-                    second["next"].as_str().unwrap()
-                ),
-                &admin,
-            ),
-        )
-        .await
-        .json();
-        assert_eq!(third["users"].as_array().unwrap().len(), 0, "{third}");
-        assert!(third["next"].is_null());
+        assert!(
+            second["next"].is_null(),
+            "{backend:?}: the last page, though full, points at no empty page: {second}"
+        );
         let listed: Vec<&Value> = first["users"]
             .as_array()
             .unwrap()
@@ -146,7 +145,15 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
             };
             assert_eq!(u["roles"], expected_roles, "{u}");
         }
-        for bad in ["limit=0", "limit=201", "limit=ten", "after=", "colour=blue"] {
+        for bad in [
+            "limit=0",
+            "limit=201",
+            "limit=ten",
+            "after=",
+            "after=%00",
+            "after=no-such-user",
+            "colour=blue",
+        ] {
             send(
                 &app,
                 admin_req("GET", &format!("/v1/admin/users?{bad}"), &admin),
@@ -162,6 +169,69 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
         send(&app, get("/v1/admin/users"))
             .await
             .assert_problem(401, "missing_token");
+        // A non-admin is refused before the body is even looked at, and changes nothing.
+        for (method, path, body) in [
+            (
+                "PATCH",
+                format!("/v1/admin/users/{ann}"),
+                json!({"disabled": true}),
+            ),
+            (
+                "PUT",
+                format!("/v1/admin/users/{ann}/roles"),
+                json!({"roles": ["admin"]}),
+            ),
+            (
+                "POST",
+                format!("/v1/admin/users/{ann}/sessions/revoke"),
+                json!({}),
+            ),
+        ] {
+            send(&app, with_json(admin_req(method, &path, &bob_token), &body))
+                .await
+                .assert_problem(403, "forbidden");
+            send(
+                &app,
+                admin_req(method, &path, &bob_token)
+                    .insert_header(("content-type", "text/plain"))
+                    .set_payload("not json"),
+            )
+            .await
+            .assert_problem(403, "forbidden");
+        }
+        assert_eq!(send(&app, bearer("/v1/me", &ann_access)).await.status, 200);
+        assert_eq!(
+            send(&app, bearer("/v1/me", &bob_token)).await.json()["roles"],
+            json!([])
+        );
+        // Ids that cannot be account ids (a NUL byte is not even PostgreSQL text) name no
+        // account: 404, never 500.
+        for id in ["%00", "no-such-user", "%27%20OR%201%3D1", "0193a6b2-7c4d"] {
+            send(
+                &app,
+                admin_req("GET", &format!("/v1/admin/users/{id}"), &admin),
+            )
+            .await
+            .assert_problem(404, "user_not_found");
+            send(
+                &app,
+                admin_req(
+                    "POST",
+                    &format!("/v1/admin/users/{id}/sessions/revoke"),
+                    &admin,
+                ),
+            )
+            .await
+            .assert_problem(404, "user_not_found");
+        }
+        for kid in ["%00", "a%20b", "x".repeat(65).as_str()] {
+            send(
+                &app,
+                admin_req("POST", &format!("/v1/admin/keys/{kid}/revoke"), &admin),
+            )
+            .await
+            .assert_problem(404, "key_not_found");
+        }
         send(
             &app,
             admin_req("GET", "/v1/admin/users/no-such-user", &admin),
@@ -210,6 +280,13 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
         assert_eq!(send(&app, bearer("/v1/me", &ann_access)).await.status, 200);
 
         // Disable: every token and session of the account dies at once, nobody else's.
+        let ann_iat = state
+            .keys
+            .current()
+            .verifier()
+            .verify(&ann_access)
+            .unwrap()
+            .iat;
         clock.advance(2);
         let r = send(&app, patch(&ann, json!({"disabled": true}))).await;
         assert_eq!(
@@ -249,10 +326,15 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
             let key = format!("{}revoked:user:{ann}", state.settings.redis.key_prefix);
             let mark: Option<i64> = conn.get(&key).await.unwrap();
             assert!(
-                mark.is_some(),
-                "{backend:?}: a sibling checking Redis sees the mark"
+                mark.is_some_and(|m| m > ann_iat),
+                "{backend:?}: a sibling checking Redis sees a mark that kills the old token \
+                 (mark {mark:?}, token iat {ann_iat})"
             );
         }
+        assert!(
+            stored_mark(&state, &ann).await.is_some_and(|m| m > ann_iat),
+            "{backend:?}: the durable mark kills the old token"
+        );
 
         // Enable: the account logs in again; tokens from before stay dead.
         clock.advance(2);
@@ -346,6 +428,27 @@ async fn replacing_roles_and_ending_sessions_invalidate_the_old_tokens() {
         send(&app, bearer("/v1/me", &dee_token))
             .await
             .assert_problem(401, "invalid_token");
+        let dee_iat = state
+            .keys
+            .current()
+            .verifier()
+            .verify(&dee_token)
+            .unwrap()
+            .iat;
+        assert!(stored_mark(&state, &dee).await.is_some_and(|m| m > dee_iat));
+        if redis {
+            let mut conn = redis::Client::open(redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let key = format!("{}revoked:user:{dee}", state.settings.redis.key_prefix);
+            let mark: Option<i64> = conn.get(&key).await.unwrap();
+            assert!(
+                mark.is_some_and(|m| m > dee_iat),
+                "{backend:?}: siblings checking Redis refuse the token with the old roles"
+            );
+        }
         clock.advance(1);
         let (access, refresh_token) = login_pair(&app, "dee@example.com", PASSWORD).await;
         let claims = state.keys.current().verifier().verify(&access).unwrap();
@@ -431,5 +534,78 @@ async fn replacing_roles_and_ending_sessions_invalidate_the_old_tokens() {
         .assert_problem(404, "user_not_found");
         // The admin's own session was never touched.
         assert_eq!(send(&app, bearer("/v1/me", &admin)).await.status, 200);
+    }
+}
+
+#[actix_web::test]
+async fn a_login_waiting_for_the_hashing_pool_cannot_outlive_a_disable() {
+    for (backend, redis) in shapes().await {
+        let db = TestDb::new(backend);
+        let mut s = shape_settings(&db, &new_kek(), redis);
+        // One hashing thread behind a long queue: the login below checks the password long
+        // after it read the account.
+        s.password.threads = 1;
+        s.password.queue = 512;
+        let state = tessera::startup::build_state(s).await.unwrap();
+        let app = test::init_service(api::app(state.clone())).await;
+        let admin = admin_token(&app, &state, "root@example.com").await;
+        let (eve, _) = register_and_login(&app, "eve@example.com").await;
+        let ended = state.accounts.end_sessions(&eve, "test").await.unwrap();
+        assert_eq!(ended, 1);
+
+        let computed = || {
+            state
+                .accounts
+                .hashing_stats()
+                .computed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = computed();
+        let mut queue = Vec::new();
+        for _ in 0..200 {
+            let accounts = state.accounts.clone();
+            queue.push(actix_web::rt::spawn(async move {
+                accounts
+                    .login("nobody@example.com", "wrong", None)
+                    .await
+                    .is_err()
+            }));
+        }
+        let accounts = state.accounts.clone();
+        let pending =
+            actix_web::rt::spawn(
+                async move { accounts.login("eve@example.com", PASSWORD, None).await },
+            );
+        // The pool is busy: the disable lands while eve's password waits its turn.
+        assert!(
+            eventually(std::time::Duration::from_secs(30), || computed()
+                > before + 2)
+            .await
+        );
+        let r = send(
+            &app,
+            with_json(
+                admin_req("PATCH", &format!("/v1/admin/users/{eve}"), &admin),
+                &json!({"disabled": true}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let outcome = pending.await.unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Err(tessera::service::accounts::AccountError::InvalidCredentials)
+            ),
+            "{backend:?}: a login checked against the enabled account is refused once it is disabled: {outcome:?}"
+        );
+        for q in queue {
+            assert!(q.await.unwrap());
+        }
+        assert_eq!(
+            state.accounts.end_sessions(&eve, "test").await.unwrap(),
+            0,
+            "{backend:?}: the disabled account has no live session"
+        );
     }
 }

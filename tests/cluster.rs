@@ -128,9 +128,17 @@ fn skip_or_fail(test: &str, why: &str, hint: &str) {
     );
 }
 
+/// One cluster script at a time: each starts several replicas, the rotation script is
+/// sensitive to timing, and free ports are picked by each script on its own.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `tests/cluster/<script>` with the built binary, or skips (fails in CI) when Python
 /// with PyJWT, PostgreSQL with psql, or Redis is missing.
 fn run_cluster_script(test: &str, script: &str) {
+    // A script that failed poisoned the lock; the next one still runs.
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let python = python_interpreter();
     if let Err(why) = check_python(&python) {
         skip_or_fail(

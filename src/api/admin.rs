@@ -12,6 +12,7 @@ use super::extract::Admin;
 use super::users::rfc3339;
 use super::{resource, AppState};
 use crate::crypto::keys::KeyAlg;
+use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::service::admin_users::UserView;
 use crate::service::keyring::KeyState;
@@ -80,6 +81,35 @@ fn optional_json(req: &HttpRequest, body: &[u8]) -> Result<Option<Value>, ApiErr
         .map_err(|_| ApiError::MalformedRequest("the body is not valid UTF-8 JSON"))
 }
 
+/// A required JSON object body, read only after the `Admin` extractor has let the caller
+/// in (a `web::Json` argument would be parsed, and refused, before authorization).
+fn required_json(req: &HttpRequest, body: &[u8]) -> Result<Fields, ApiError> {
+    match optional_json(req, body)? {
+        Some(value) => Fields::new(value),
+        None => Err(ApiError::MalformedRequest("a JSON body is required")),
+    }
+}
+
+/// The `{id}` of a user route. A string that is not an account id names no account.
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|_| ApiError::UserNotFound)
+}
+
+/// The `{kid}` of a key route: kids are short tokens of letters, digits, `-` and `_`; any
+/// other string names no key (and never reaches a query).
+fn kid(raw: &str) -> Result<&str, ApiError> {
+    let plausible = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plausible {
+        Ok(raw)
+    } else {
+        Err(ApiError::KeyNotFound)
+    }
+}
+
 async fn rotate(
     admin: Admin,
     req: HttpRequest,
@@ -112,9 +142,9 @@ async fn rotate(
 async fn revoke(
     admin: Admin,
     state: web::Data<AppState>,
-    kid: web::Path<String>,
+    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let outcome = state.keys.revoke(&kid, &admin.user_id).await?;
+    let outcome = state.keys.revoke(kid(&path)?, &admin.user_id).await?;
     let t = state.keys.now();
     let state_of = |r: &KeyRecord| key_json(r, crate::service::keyring::state_at(r, t));
     Ok(HttpResponse::Ok().json(json!({
@@ -159,14 +189,18 @@ async fn list_users(
             DEFAULT_PAGE
         }
     };
-    let after = query.get("after").cloned();
-    if after.as_ref().is_some_and(|a| a.is_empty() || a.len() > 64) {
-        errors.push(FieldError {
-            field: "after",
-            code: "invalid",
-            message: "must be a user id from a previous page".into(),
-        });
-    }
+    let after = match query.get("after").map(|a| UserId::parse(a)) {
+        None => None,
+        Some(Ok(id)) => Some(id.into_string()),
+        Some(Err(_)) => {
+            errors.push(FieldError {
+                field: "after",
+                code: "invalid",
+                message: "must be a user id from a previous page".into(),
+            });
+            None
+        }
+    };
     for key in query
         .keys()
         .filter(|k| !["limit", "after"].contains(&k.as_str()))
@@ -193,22 +227,25 @@ async fn get_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(user_json(&state.accounts.user(&id).await?)))
+    let id = user_id(&id)?;
+    Ok(HttpResponse::Ok().json(user_json(&state.accounts.user(id.as_str()).await?)))
 }
 
 /// `PATCH /v1/admin/users/{id}` `{"disabled": bool}`.
 async fn patch_user(
     admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body.into_inner())?;
+    let id = user_id(&id)?;
+    let mut fields = required_json(&req, &body)?;
     let disabled = fields.bool("disabled");
     fields.finish()?;
     let view = state
         .accounts
-        .set_disabled(&id, disabled, &admin.user_id)
+        .set_disabled(id.as_str(), disabled, &admin.user_id)
         .await?;
     Ok(HttpResponse::Ok().json(user_json(&view)))
 }
@@ -216,16 +253,18 @@ async fn patch_user(
 /// `PUT /v1/admin/users/{id}/roles` `{"roles": [..]}`: the complete new set.
 async fn put_roles(
     admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body.into_inner())?;
+    let id = user_id(&id)?;
+    let mut fields = required_json(&req, &body)?;
     let roles = fields.strings("roles");
     fields.finish()?;
     let view = state
         .accounts
-        .set_roles(&id, &roles, &admin.user_id)
+        .set_roles(id.as_str(), &roles, &admin.user_id)
         .await?;
     Ok(HttpResponse::Ok().json(user_json(&view)))
 }
@@ -236,6 +275,10 @@ async fn revoke_sessions(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let ended = state.accounts.end_sessions(&id, &admin.user_id).await?;
+    let id = user_id(&id)?;
+    let ended = state
+        .accounts
+        .end_sessions(id.as_str(), &admin.user_id)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "sessions_revoked": ended })))
 }

@@ -6,11 +6,13 @@ mod email;
 mod password;
 mod refresh;
 mod role;
+mod user_id;
 
 pub use email::{Email, EmailError};
 pub use password::{Password, PasswordPolicy, PasswordProblem};
 pub use refresh::{NotARefreshToken, RefreshToken, REFRESH_PREFIX};
 pub use role::{Role, RoleError};
+pub use user_id::{NotAUserId, UserId};
 
 /// Seconds since the Unix epoch. Instants are stored as BIGINT seconds so that SQLite and
 /// PostgreSQL hold identical values.

@@ -118,17 +118,14 @@ impl Revocations {
         Ok(())
     }
 
-    /// Invalidates every token of `user_id` issued before `at`; returns the mark in force.
-    pub async fn mark_user(&self, user_id: &str, at: UnixTime) -> Result<UnixTime, StoreError> {
-        let u = user_id.to_owned();
-        let mark = self
-            .db
-            .run(move |c| session_store::mark_user(c, &u, at))
-            .await?;
+    /// Mirrors a user's "tokens issued before `mark` are invalid" mark, which the caller has
+    /// written with `store::sessions::mark_user` inside the transaction of the change that
+    /// called for it (so the change and its mark commit together). The embedded mirror needs
+    /// nothing: the online check reads the mark from the account row.
+    pub async fn publish_mark(&self, user_id: &str, mark: UnixTime) {
         if let Mirror::Redis(r) = &self.mirror {
             r.put_mark(user_id, mark, mark + self.retain - now()).await;
         }
-        Ok(mark)
     }
 
     /// Whether a token (by id, subject and issue time) has been revoked.

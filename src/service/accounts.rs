@@ -282,9 +282,11 @@ impl Accounts {
             Some(u) if verified.matches && !u.disabled => u,
             other => return Err(self.fail_login(other.as_ref(), ip).await),
         };
-        if verified.needs_rehash {
-            self.rehash(&user.id, &password).await;
-        }
+        let rehashed = if verified.needs_rehash {
+            self.rehash(&password).await
+        } else {
+            None
+        };
         let refresh =
             RefreshToken::generate().map_err(|e| AccountError::Internal(e.to_string()))?;
         let t = self.keys.now();
@@ -304,6 +306,7 @@ impl Accounts {
             expires_at: (t + secs(self.sessions.idle_ttl)).min(session.expires_at),
             used_at: None,
         };
+        let ip_again = ip.clone();
         let event = AuditEvent {
             kind: AuditKind::LoginSucceeded,
             at: t,
@@ -312,16 +315,39 @@ impl Accounts {
             ip,
             detail: Some(format!("session {}", session.id)),
         };
-        let (user_id, sid) = (user.id.clone(), session.id.clone());
+        let (user_id, sid, verified_hash) = (
+            user.id.clone(),
+            session.id.clone(),
+            user.password_hash.clone(),
+        );
+        // The password was checked against a row read before the hash, which may have waited
+        // in the hashing queue for seconds: the session is created only if the account is, at
+        // commit, still enabled and still has the password that was checked. Otherwise a
+        // disable or password change that ended every session meanwhile would miss this one.
+        let rehash_stored = rehashed.is_some();
         let roles = self
             .db
             .transaction(move |c| {
+                let still = users::find_locked(c, &user_id)?
+                    .filter(|u| !u.disabled && u.password_hash == verified_hash);
+                if still.is_none() {
+                    return Ok(None);
+                }
+                if let Some(hash) = &rehashed {
+                    users::set_password_hash(c, &user_id, hash, t)?;
+                }
                 session_store::create_session(c, &session)?;
                 session_store::insert_refresh(c, &stored)?;
                 audit::record(c, &event)?;
-                users::roles(c, &user_id)
+                users::roles(c, &user_id).map(Some)
             })
             .await?;
+        let Some(roles) = roles else {
+            return Err(self.fail_login(Some(&user), ip_again).await);
+        };
+        if rehash_stored {
+            tracing::info!(user_id = %user.id, "password rehashed with current parameters");
+        }
         let grant = self.issue(&user.id, &sid, roles, refresh)?;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(grant)
@@ -344,22 +370,15 @@ impl Accounts {
         AccountError::InvalidCredentials
     }
 
-    /// Stores a hash with the current parameters; a failure only costs another try later.
-    async fn rehash(&self, user_id: &str, password: &Password) {
+    /// A new hash of the password with the current parameters, stored by the login's
+    /// transaction; a failure only costs another try at the next login.
+    async fn rehash(&self, password: &Password) -> Option<String> {
         match self.hasher.hash(password.expose()).await {
-            Ok(hash) => {
-                let id = user_id.to_owned();
-                if let Err(e) = self
-                    .db
-                    .run(move |c| users::set_password_hash(c, &id, &hash, now()))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not store the rehashed password");
-                } else {
-                    tracing::info!(user_id = %user_id, "password rehashed with current parameters");
-                }
+            Ok(hash) => Some(hash),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rehash the password");
+                None
             }
-            Err(e) => tracing::warn!(error = %e, "could not rehash the password"),
         }
     }
 

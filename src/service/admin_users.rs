@@ -48,6 +48,9 @@ pub struct UserPage {
     pub next: Option<String>,
 }
 
+/// Every role goes into every access token of the account: a bound keeps tokens small.
+pub const MAX_ROLES: usize = 32;
+
 fn not_found(e: StoreError) -> AccountError {
     match e {
         StoreError::NotFound => AccountError::UserNotFound,
@@ -85,17 +88,20 @@ impl Accounts {
         after: Option<String>,
         limit: usize,
     ) -> Result<UserPage, AccountError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (records, roles) = self
+        // One row more than the page: whether it exists says whether a next page does, so
+        // the last page never points at an empty one.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let (mut records, roles) = self
             .db
             .run(move |c| {
-                let records = users::list(c, after.as_deref(), limit)?;
+                let records = users::list(c, after.as_deref(), fetch)?;
                 let ids: Vec<String> = records.iter().map(|u| u.id.clone()).collect();
                 Ok((records, users::roles_of(c, &ids)?))
             })
             .await?;
-        let full = i64::try_from(records.len()).unwrap_or(i64::MAX) == limit;
-        let next = full.then(|| records.last().map(|u| u.id.clone())).flatten();
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next = more.then(|| records.last().map(|u| u.id.clone())).flatten();
         let users = records
             .into_iter()
             .map(|u| {
@@ -130,15 +136,18 @@ impl Accounts {
             ));
         }
         let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
-        let changed = self
+        let (changed, mark) = self
             .db
             .transaction(move |c| {
                 let before = users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
                 users::set_disabled(c, &uid, disabled, t)?;
                 let changed = before.disabled != disabled;
-                if disabled {
+                let mark = if disabled {
                     session_store::revoke_user_sessions(c, &uid, None, t, "account_disabled")?;
-                }
+                    Some(session_store::mark_user(c, &uid, t)?)
+                } else {
+                    None
+                };
                 if changed {
                     let kind = if disabled {
                         AuditKind::UserDisabled
@@ -147,12 +156,12 @@ impl Accounts {
                     };
                     audit::record(c, &event(kind, t, &who, &uid, None))?;
                 }
-                Ok(changed)
+                Ok((changed, mark))
             })
             .await
             .map_err(not_found)?;
-        if disabled {
-            self.revocations.mark_user(id, t).await?;
+        if let Some(mark) = mark {
+            self.revocations.publish_mark(id, mark).await;
         }
         if changed {
             tracing::info!(user_id = %id, actor = %actor, disabled, "account disabled flag changed");
@@ -169,6 +178,13 @@ impl Accounts {
         roles: &[String],
         actor: &str,
     ) -> Result<UserView, AccountError> {
+        if roles.len() > MAX_ROLES {
+            return Err(AccountError::Invalid(vec![FieldError {
+                field: "roles",
+                code: "too_many",
+                message: format!("at most {MAX_ROLES} roles"),
+            }]));
+        }
         let mut wanted = BTreeSet::new();
         let mut errors = Vec::new();
         for raw in roles {
@@ -192,33 +208,44 @@ impl Accounts {
             ));
         }
         let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
-        let changed = self
+        let mark = self
             .db
             .transaction(move |c| {
                 users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
                 let current: BTreeSet<String> = users::roles(c, &uid)?.into_iter().collect();
+                // Only what this transaction itself changed is audited and marked: a
+                // concurrent request may have made the same change first.
+                let mut changed = false;
                 for gone in current.difference(&wanted) {
-                    users::revoke_role(c, &uid, gone)?;
-                    audit::record(
-                        c,
-                        &event(AuditKind::RoleRevoked, t, &who, &uid, Some(gone.clone())),
-                    )?;
+                    if users::revoke_role(c, &uid, gone)? {
+                        changed = true;
+                        audit::record(
+                            c,
+                            &event(AuditKind::RoleRevoked, t, &who, &uid, Some(gone.clone())),
+                        )?;
+                    }
                 }
                 for new in wanted.difference(&current) {
                     // Parsed above; parse again to hold a `Role`, the store's input type.
                     let role = Role::parse(new).map_err(|e| StoreError::Query(e.to_string()))?;
-                    users::grant_role(c, &uid, &role, t)?;
-                    audit::record(
-                        c,
-                        &event(AuditKind::RoleGranted, t, &who, &uid, Some(new.clone())),
-                    )?;
+                    if users::grant_role(c, &uid, &role, t)? {
+                        changed = true;
+                        audit::record(
+                            c,
+                            &event(AuditKind::RoleGranted, t, &who, &uid, Some(new.clone())),
+                        )?;
+                    }
                 }
-                Ok(current != wanted)
+                // The mark commits with the change: tokens carrying the old roles must not
+                // outlive a change that is already in force.
+                changed
+                    .then(|| session_store::mark_user(c, &uid, t))
+                    .transpose()
             })
             .await
             .map_err(not_found)?;
-        if changed {
-            self.revocations.mark_user(id, t).await?;
+        if let Some(mark) = mark {
+            self.revocations.publish_mark(id, mark).await;
             tracing::info!(user_id = %id, actor = %actor, "roles replaced");
         }
         self.user(id).await
@@ -228,11 +255,12 @@ impl Accounts {
     /// returns how many sessions were live.
     pub async fn end_sessions(&self, id: &str, actor: &str) -> Result<usize, AccountError> {
         let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
-        let ended = self
+        let (ended, mark) = self
             .db
             .transaction(move |c| {
                 users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
                 let n = session_store::revoke_user_sessions(c, &uid, None, t, "ended_by_admin")?;
+                let mark = session_store::mark_user(c, &uid, t)?;
                 audit::record(
                     c,
                     &event(
@@ -243,11 +271,11 @@ impl Accounts {
                         Some(format!("{n} sessions")),
                     ),
                 )?;
-                Ok(n)
+                Ok((n, mark))
             })
             .await
             .map_err(not_found)?;
-        self.revocations.mark_user(id, t).await?;
+        self.revocations.publish_mark(id, mark).await;
         tracing::info!(user_id = %id, actor = %actor, sessions = ended, "sessions ended by an admin");
         Ok(ended)
     }

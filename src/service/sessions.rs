@@ -14,7 +14,8 @@ use super::accounts::{secs, AccountError, Accounts, FieldError, TokenGrant};
 /// lives on, so a browser's cookie, already replaced by the winner, must not be cleared.
 pub const ALREADY_USED: &str = "the refresh token was already used";
 
-/// What a refresh attempt found, decided inside one transaction.
+/// What a refresh attempt found: by the one PostgreSQL statement, or by the general path's
+/// read and transaction.
 enum Refresh {
     Rotated {
         user_id: String,
@@ -47,7 +48,8 @@ impl Accounts {
         // One pooled connection. On PostgreSQL the common case is one statement that rotates
         // the token if it can be rotated as it stands; otherwise (and always on SQLite) the
         // token is read to tell why, then rotated in a transaction that re-checks what can
-        // change meanwhile (used, session revoked). Nothing is written on a refusal.
+        // change meanwhile (used, session revoked). A refusal writes nothing, except that a token
+        // claimed while its session was being revoked stays used (its session is over anyway).
         let next_hash = next.hash();
         let outcome = self
             .db
@@ -159,25 +161,29 @@ impl Accounts {
             }),
         };
         let uid = user_id.clone();
-        self.db
+        let mark = self
+            .db
             .transaction(move |c| {
-                match (&sid, everywhere) {
+                let mark = match (&sid, everywhere) {
                     (_, true) => {
                         session_store::revoke_user_sessions(c, &uid, None, t, "logout_everywhere")?;
+                        Some(session_store::mark_user(c, &uid, t)?)
                     }
                     (Some(sid), false) => {
                         session_store::revoke_session(c, sid, t, "logout")?;
+                        None
                     }
-                    (None, false) => {}
-                }
-                audit::record(c, &event)
+                    (None, false) => None,
+                };
+                audit::record(c, &event)?;
+                Ok(mark)
             })
             .await?;
         self.revocations
             .revoke_token(&claims.jti, &claims.sub, claims.exp)
             .await?;
-        if everywhere {
-            self.revocations.mark_user(&user_id, t).await?;
+        if let Some(mark) = mark {
+            self.revocations.publish_mark(&user_id, mark).await;
         }
         Ok(())
     }
@@ -277,7 +283,8 @@ impl Accounts {
             detail: None,
         };
         let id = uid.clone();
-        self.db
+        let mark = self
+            .db
             .transaction(move |c| {
                 users::set_password_hash(c, &id, &hash, t)?;
                 session_store::revoke_user_sessions(
@@ -287,10 +294,12 @@ impl Accounts {
                     t,
                     "password_changed",
                 )?;
-                audit::record(c, &event)
+                let mark = session_store::mark_user(c, &id, t)?;
+                audit::record(c, &event)?;
+                Ok(mark)
             })
             .await?;
-        self.revocations.mark_user(&uid, t).await?;
+        self.revocations.publish_mark(&uid, mark).await;
         tracing::info!(user_id = %uid, "password changed; other sessions ended");
         Ok(())
     }

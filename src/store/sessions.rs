@@ -207,7 +207,8 @@ impl<Conn> RunQueryDsl<Conn> for RotatePostgres<'_> {}
 
 /// The common case of a refresh in one round trip, where the backend allows it (PostgreSQL):
 /// rotates `hash` into `next_hash` if the token can be rotated as it stands. `None` means it
-/// could not (unknown, used, expired, session ended, account disabled; nothing was written),
+/// could not (unknown, used, expired, session ended, account disabled; nothing was written,
+/// except a token claimed while its session was being revoked, which stays used),
 /// and always on SQLite, whose two-step path costs no network round trip: the caller then
 /// reads the token with [`find_refresh_view`] to tell which, and rotates with
 /// [`rotate_refresh`].
@@ -386,27 +387,33 @@ pub fn recent_user_marks(
         .map_err(db_error)
 }
 
-/// Moves a user's mark forward to `t` (never back); returns the mark in force.
+/// Moves a user's mark forward to `t` (never back); returns the mark in force. One
+/// conditional UPDATE, so two concurrent marks cannot leave the earlier one in place.
 pub fn mark_user(
     conn: &mut DbConnection,
     user_id: &str,
     t: UnixTime,
 ) -> Result<UnixTime, StoreError> {
-    let current: Option<Option<i64>> = users::table
+    diesel::update(
+        users::table.find(user_id).filter(
+            users::tokens_valid_after
+                .is_null()
+                .or(users::tokens_valid_after.lt(t)),
+        ),
+    )
+    .set(users::tokens_valid_after.eq(Some(t)))
+    .execute(conn)
+    .map_err(db_error)?;
+    let mark: Option<Option<i64>> = users::table
         .find(user_id)
         .select(users::tokens_valid_after)
         .first(conn)
         .optional()
         .map_err(db_error)?;
-    let Some(current) = current else {
-        return Err(StoreError::NotFound);
-    };
-    let mark = current.map_or(t, |c| c.max(t));
-    diesel::update(users::table.find(user_id))
-        .set(users::tokens_valid_after.eq(Some(mark)))
-        .execute(conn)
-        .map_err(db_error)?;
-    Ok(mark)
+    match mark {
+        Some(Some(mark)) => Ok(mark),
+        Some(None) | None => Err(StoreError::NotFound),
+    }
 }
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired refresh tokens.

@@ -99,6 +99,22 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<UserRecord>, Sto
         .map_err(db_error)
 }
 
+/// The user, read inside a write transaction so that what it says still holds at commit: on
+/// PostgreSQL the row is share-locked (a concurrent disable or password change waits for this
+/// transaction, or this read waits for it and sees its result); SQLite's `BEGIN IMMEDIATE`
+/// already holds the database's write lock.
+pub fn find_locked(conn: &mut DbConnection, id: &str) -> Result<Option<UserRecord>, StoreError> {
+    let row = match conn {
+        DbConnection::Postgres(pg) => users::table
+            .find(id)
+            .for_share()
+            .first::<UserRow>(pg)
+            .optional(),
+        DbConnection::Sqlite(lite) => users::table.find(id).first::<UserRow>(lite).optional(),
+    };
+    row.map(|r| r.map(UserRecord::from)).map_err(db_error)
+}
+
 pub fn count(conn: &mut DbConnection) -> Result<i64, StoreError> {
     users::table.count().get_result(conn).map_err(db_error)
 }
@@ -131,26 +147,27 @@ pub fn roles(conn: &mut DbConnection, user_id: &str) -> Result<Vec<String>, Stor
         .map_err(db_error)
 }
 
-/// Grants a role; returns false when the user already had it.
+/// Grants a role; returns false when the user already had it. `ON CONFLICT DO NOTHING`
+/// rather than catching the unique violation: on PostgreSQL a failed statement aborts the
+/// whole transaction, so a concurrent grant of the same role would turn the caller's next
+/// statement into an error.
 pub fn grant_role(
     conn: &mut DbConnection,
     user_id: &str,
     role: &Role,
     now: UnixTime,
 ) -> Result<bool, StoreError> {
-    let inserted = diesel::insert_into(user_roles::table)
-        .values((
-            user_roles::user_id.eq(user_id),
-            user_roles::role.eq(role.as_str()),
-            user_roles::granted_at.eq(now),
-        ))
-        .execute(conn)
-        .map_err(db_error);
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(StoreError::Conflict) => Ok(false),
-        Err(e) => Err(e),
-    }
+    use diesel::sql_types::{BigInt, Text};
+    let n = diesel::sql_query(
+        "INSERT INTO user_roles (user_id, role, granted_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(user_id)
+    .bind::<Text, _>(role.as_str())
+    .bind::<BigInt, _>(now)
+    .execute(conn)
+    .map_err(db_error)?;
+    Ok(n == 1)
 }
 
 /// Users in id order after `after` (keyset paging: ids are UUIDv7, so this is roughly the
