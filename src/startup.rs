@@ -338,9 +338,12 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let bind = (settings.server.bind.clone(), settings.server.port);
         let workers = settings.http_workers();
-        let blocking = usize::try_from(settings.database.pool_size)
-            .unwrap_or(8)
-            .max(4);
+        // The workers share one connection pool, so together they never need more blocking
+        // threads than it has connections: each worker gets its share (at least 2). Every
+        // extra thread only waits for a connection, and brings a malloc arena that keeps
+        // what it once used.
+        let pool = usize::try_from(settings.database.pool_size).unwrap_or(8);
+        let blocking = pool.div_ceil(workers.max(1)).max(2);
         let reload_every = settings.keys.reload_interval;
         let redis_settings = settings.clone();
         let state = build_state(settings).await?;
@@ -349,8 +352,7 @@ impl Application {
         actix_web::rt::spawn(revocation_duty(state.clone()));
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(workers)
-            // Database calls run on each worker's blocking pool; more threads than pooled
-            // connections only wait, each with its own stack.
+            // Database calls run on each worker's blocking pool.
             .worker_max_blocking_threads(blocking)
             .bind(bind)
             .map_err(StartupError::Bind)?;
