@@ -7,8 +7,10 @@
 #    measured before the first login run and again after each one: every login rate is
 #    compared with the mean of the raw rates measured just before and just after it;
 # 2. the release binary on the embedded default (SQLite + dev KEK in a fresh temp dir):
-#    spawn-to-ready time, idle RSS, then wrk POSTing /v1/login (benches/login.lua) at 8 and
-#    at 32 connections, then peak RSS;
+#    spawn-to-ready time, idle RSS, then BENCH_LOGIN_ROUNDS (default 3) rounds of wrk
+#    POSTing /v1/login (benches/login.lua) at 8 and at 32 connections, each run judged
+#    against the raw rates around it and each concurrency by the median over the rounds,
+#    then peak RSS;
 # 3. a summary with each figure against its target (OK / MISS).
 #
 # Then, after that summary's figures are taken (issues 3-5):
@@ -18,7 +20,7 @@
 #    reaches the hashing pool): JWKS p50/p99 at rest with a paced probe (benches/paced.lua:
 #    wrk -c2, each connection waiting PROBE_INTERVAL_MS = 5 ms between requests), then a
 #    wrong-password login flood at 64 connections with the same paced probe on the JWKS
-#    meanwhile, BENCH_FLOOD_ROUNDS times (default 3) with the raw Argon2 rate measured before
+#    meanwhile, BENCH_FLOOD_ROUNDS times (default 5) with the raw Argon2 rate measured before
 #    the first round and after each; targets, on the medians over the rounds: JWKS p99 under
 #    flood <= 1.5 x at rest or <= 1 ms, completed logins (401s; 503s are shed and counted
 #    apart) >= 0.9 x the mean of the raw rates just before and just after the round; peak RSS
@@ -93,7 +95,8 @@ REFRESH_TARGET=2400
 REFRESH_CONNS="${BENCH_REFRESH_CONNS:-32}"
 read -r -a REFRESH_POOLS <<<"${BENCH_REFRESH_POOLS:-8 16 32}"
 FLOOD_CONNS=64
-FLOOD_ROUNDS="${BENCH_FLOOD_ROUNDS:-3}"
+FLOOD_ROUNDS="${BENCH_FLOOD_ROUNDS:-5}"
+LOGIN_ROUNDS="${BENCH_LOGIN_ROUNDS:-3}"
 PROBE_CONNS=2
 export PROBE_INTERVAL_MS="${PROBE_INTERVAL_MS:-5}"
 FLOOD_P99_FACTOR=1.5
@@ -323,21 +326,30 @@ code="$(curl -s -o "$WORKDIR/login.json" -w '%{http_code}' --max-time 30 \
 log "registered $LOGIN_EMAIL; a single login answers 200"
 
 # --- load --------------------------------------------------------------------------------
-declare -A RPS_ALL RPS_OK OK NON2XX SOCKERR STATUSES P50 P99 FOREIGN SETTLE
-for c in "${CONNS[@]}"; do
-    SETTLE[$c]="$(wait_idle)"
-    log "wrk -t$WRK_THREADS -c$c -d${WRK_SECONDS}s POST /v1/login (server idle after ${SETTLE[$c]} s)"
-    out="$OUT_DIR/wrk-c$c.txt"
+# LOGIN_ROUNDS rounds, each a run at every concurrency, with the raw Argon2 rate measured
+# after each run (and once before the first): a run's ratio is its 2xx rate over the mean of
+# the raw rates just before and just after it, and the judged ratio of a concurrency is the
+# median over the rounds, so one slow minute of the machine does not decide.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
+declare -A RPS_ALL RPS_OK OK NON2XX SOCKERR STATUSES P50 P99 FOREIGN SETTLE RAW_AROUND RUN_RATIO RATIO
+RAW_TAGS=(C0)
+prev=C0
+for (( r = 1; r <= LOGIN_ROUNDS; r++ )); do
+  for c in "${CONNS[@]}"; do
+    k="$c.$r"
+    SETTLE[$k]="$(wait_idle)"
+    log "round $r/$LOGIN_ROUNDS: wrk -t$WRK_THREADS -c$c -d${WRK_SECONDS}s POST /v1/login (server idle after ${SETTLE[$k]} s)"
+    out="$OUT_DIR/wrk-c$c-r$r.txt"
     s0="$(cpu_sample)"
     wrk -t"$WRK_THREADS" -c"$c" -d"${WRK_SECONDS}s" --timeout 30s --latency \
         -s benches/login.lua "$BASE/v1/login" >"$out" 2>&1 \
         || { cat "$out" >&2; die "wrk failed at $c connections"; }
     s1="$(cpu_sample)"
-    FOREIGN[$c]="$(foreign_cores "$s0" "$s1")"
+    FOREIGN[$k]="$(foreign_cores "$s0" "$s1")"
     cat "$out"
     server_alive || die "the server died during the run at $c connections"
-    RPS_ALL[$c]="$(awk '$1 == "Requests/sec:" { print $2 }' "$out")"
-    [[ -n "${RPS_ALL[$c]}" ]] || die "no Requests/sec in the wrk output at $c connections"
+    RPS_ALL[$k]="$(awk '$1 == "Requests/sec:" { print $2 }' "$out")"
+    [[ -n "${RPS_ALL[$k]}" ]] || die "no Requests/sec in the wrk output at $c connections"
     # "  634 requests in 10.04s, 571.47KB read" (wrk prints ms / s / m / h)
     duration="$(awk '$2 == "requests" && $3 == "in" {
         d = $4; sub(/,$/, "", d)
@@ -346,33 +358,34 @@ for c in "${CONNS[@]}"; do
         else if (d ~ /h$/) { sub(/h$/, "", d); d *= 3600 }
         else { sub(/s$/, "", d) }
         print d }' "$out")"
-    OK[$c]="$(sed -n 's/^ok_2xx=\([0-9]*\)$/\1/p' "$out")"
-    NON2XX[$c]="$(sed -n 's/^non_2xx=\([0-9]*\)$/\1/p' "$out")"
-    [[ -n "$duration" && -n "${OK[$c]}" && -n "${NON2XX[$c]}" ]] \
+    OK[$k]="$(sed -n 's/^ok_2xx=\([0-9]*\)$/\1/p' "$out")"
+    NON2XX[$k]="$(sed -n 's/^non_2xx=\([0-9]*\)$/\1/p' "$out")"
+    [[ -n "$duration" && -n "${OK[$k]}" && -n "${NON2XX[$k]}" ]] \
         || die "cannot read the duration or the status counts of the run at $c connections"
-    RPS_OK[$c]="$(awk -v n="${OK[$c]}" -v d="$duration" 'BEGIN { printf "%.2f", n / d }')"
-    STATUSES[$c]="$(sed -n 's/^status_counts //p' "$out")"
-    SOCKERR[$c]="$(sed -n 's/^ *Socket errors: *//p' "$out")"
-    P50[$c]="$(awk '$1 == "50%" { print $2 }' "$out")"
-    P99[$c]="$(awk '$1 == "99%" { print $2 }' "$out")"
-    if [[ "$c" == "${CONNS[-1]}" ]]; then
-        # The last run's high-water mark, before the raw bench's own process adds nothing
-        # to it (it is another process) but time passes.
+    RPS_OK[$k]="$(awk -v n="${OK[$k]}" -v d="$duration" 'BEGIN { printf "%.2f", n / d }')"
+    STATUSES[$k]="$(sed -n 's/^status_counts //p' "$out")"
+    SOCKERR[$k]="$(sed -n 's/^ *Socket errors: *//p' "$out")"
+    P50[$k]="$(awk '$1 == "50%" { print $2 }' "$out")"
+    P99[$k]="$(awk '$1 == "99%" { print $2 }' "$out")"
+    if (( r == LOGIN_ROUNDS )) && [[ "$c" == "${CONNS[-1]}" ]]; then
+        # The high-water mark over every login run, read before the last raw run (another
+        # process, which adds nothing to it).
         PEAK_RSS_KIB="$(proc_status VmHWM)"
         END_RSS_KIB="$(proc_status VmRSS)"
         END_ANON_KIB="$(proc_status RssAnon)"
         THREADS_END="$(proc_status Threads)"
     fi
     wait_idle >/dev/null
-    run_raw "C$c"
+    run_raw "R${r}C$c"
+    RAW_TAGS+=("R${r}C$c")
+    before="RAW_RATE_$prev" after="RAW_RATE_R${r}C$c"
+    RAW_AROUND[$k]="$(awk -v a="${!before}" -v b="${!after}" 'BEGIN { printf "%.3f", (a + b) / 2 }')"
+    RUN_RATIO[$k]="$(awk -v a="${RPS_OK[$k]}" -v b="${RAW_AROUND[$k]}" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else print "nan" }')"
+    prev="R${r}C$c"
+  done
 done
-# Each login run against the mean of the raw runs just before and just after it.
-declare -A RAW_AROUND
-prev=C0
 for c in "${CONNS[@]}"; do
-    before="RAW_RATE_$prev" after="RAW_RATE_C$c"
-    RAW_AROUND[$c]="$(awk -v a="${!before}" -v b="${!after}" 'BEGIN { printf "%.3f", (a + b) / 2 }')"
-    prev="C$c"
+    RATIO[$c]="$(for (( r = 1; r <= LOGIN_ROUNDS; r++ )); do echo "${RUN_RATIO[$c.$r]}"; done | median)"
 done
 
 [[ -n "$PEAK_RSS_KIB" ]] || die "cannot read VmHWM of pid $SERVER_PID"
@@ -1040,18 +1053,19 @@ echo "machine:        $(nproc) core(s); wrk $WRK_THREADS threads, ${WRK_SECONDS}
 echo "server:         rate limits enabled=$RATE_LIMITS_ENABLED (TESSERA__RATE_LIMITS__ENABLED)"
 echo "argon2 params:  m=${TESSERA__PASSWORD__MEMORY_KIB:-19456} KiB t=${TESSERA__PASSWORD__ITERATIONS:-2} p=${TESSERA__PASSWORD__PARALLELISM:-1}; service hash threads=${TESSERA__PASSWORD__THREADS:-0} (0 = per core), queue=${TESSERA__PASSWORD__QUEUE:-128}"
 echo "raw argon2:     before any login run and after each (each login run is compared with the mean of the two around it)"
-echo "  before c=${CONNS[0]}:  $RAW_RATE_C0/s   [foreign CPU $RAW_FOREIGN_C0 cores]  $RAW_HUMAN_C0"
-for c in "${CONNS[@]}"; do
-    rr="RAW_RATE_C$c" rf="RAW_FOREIGN_C$c" rh="RAW_HUMAN_C$c"
-    printf '  after c=%-3s   %s/s   [foreign CPU %s cores]  %s\n' "$c" "${!rr}" "${!rf}" "${!rh}"
+for tag in "${RAW_TAGS[@]}"; do
+    rr="RAW_RATE_$tag" rf="RAW_FOREIGN_$tag"
+    printf '  %-13s %s/s   [foreign CPU %s cores]\n' "$tag" "${!rr}" "${!rf}"
 done
 for c in "${CONNS[@]}"; do
-    r="$(ratio "${RPS_OK[$c]}" "${RAW_AROUND[$c]}")"
-    printf 'login c=%-3s     %s ok/s  ratio %s to raw %s/s (target >= %s) %s   [foreign CPU %s cores]\n' \
-        "$c" "${RPS_OK[$c]}" "$r" "${RAW_AROUND[$c]}" "$RATIO_TARGET" "$(mark "$r" '>=' "$RATIO_TARGET")" "${FOREIGN[$c]}"
-    printf '                all answers %s req/s; latency p50 %s p99 %s; statuses: %s; non-2xx: %s%s\n' \
-        "${RPS_ALL[$c]}" "${P50[$c]:-?}" "${P99[$c]:-?}" "${STATUSES[$c]:-none}" "${NON2XX[$c]}" \
-        "${SOCKERR[$c]:+; socket errors: ${SOCKERR[$c]}}"
+    printf 'login c=%-3s     ratio %s, median of %s rounds (target >= %s) %s\n' \
+        "$c" "${RATIO[$c]}" "$LOGIN_ROUNDS" "$RATIO_TARGET" "$(mark "${RATIO[$c]}" '>=' "$RATIO_TARGET")"
+    for (( r = 1; r <= LOGIN_ROUNDS; r++ )); do
+        k="$c.$r"
+        printf '  round %s:      %s ok/s = %s x raw %s/s [foreign CPU %s cores]; all answers %s req/s; p50 %s p99 %s; statuses: %s%s\n' \
+            "$r" "${RPS_OK[$k]}" "${RUN_RATIO[$k]}" "${RAW_AROUND[$k]}" "${FOREIGN[$k]}" "${RPS_ALL[$k]}" \
+            "${P50[$k]:-?}" "${P99[$k]:-?}" "${STATUSES[$k]:-none}" "${SOCKERR[$k]:+; socket errors: ${SOCKERR[$k]}}"
+    done
 done
 printf 'idle RSS:       %s MiB (target <= %s MiB) %s   [anon %s MiB, file-backed %s MiB]\n' \
     "$(mib "$IDLE_RSS_KIB")" "$IDLE_RSS_TARGET_MIB" "$(mark "$(mib "$IDLE_RSS_KIB")" '<=' "$IDLE_RSS_TARGET_MIB")" \
@@ -1064,12 +1078,14 @@ printf 'threads:        %s idle, %s after load\n' "$THREADS_IDLE" "$THREADS_END"
 printf 'server log:     %s ERROR, %s WARN (%s "request shed"); %s "login succeeded" (%s)\n' \
     "$LOG_ERRORS" "$LOG_WARNS" "$LOG_SHED" "$LOGIN_OK_LOGGED" "$SERVER_LOG"
 total_non2xx=0
-max_foreign="$RAW_FOREIGN_C0"
-for c in "${CONNS[@]}"; do
-    rf="RAW_FOREIGN_C$c"
+max_foreign=0
+for tag in "${RAW_TAGS[@]}"; do
+    rf="RAW_FOREIGN_$tag"
     max_foreign="$(awk -v a="$max_foreign" -v b="${!rf}" 'BEGIN { print (b + 0 > a + 0) ? b : a }')"
-    total_non2xx=$(( total_non2xx + NON2XX[$c] ))
-    max_foreign="$(awk -v a="$max_foreign" -v b="${FOREIGN[$c]}" 'BEGIN { print (b + 0 > a + 0) ? b : a }')"
+done
+for k in "${!NON2XX[@]}"; do
+    total_non2xx=$(( total_non2xx + NON2XX[$k] ))
+    max_foreign="$(awk -v a="$max_foreign" -v b="${FOREIGN[$k]}" 'BEGIN { print (b + 0 > a + 0) ? b : a }')"
 done
 if (( total_non2xx > 0 )); then
     echo "WARNING:        $total_non2xx non-2xx login answers (shedding or errors), see the statuses above"
@@ -1102,10 +1118,10 @@ echo "================ Tessera combined bench summary ================"
 echo "machine:        $(nproc) core(s); BENCH_SECONDS=${WRK_SECONDS}s per wrk run; foreign CPU = cores used by other processes"
 echo "-- login and memory (above) --"
 for c in "${CONNS[@]}"; do
-    r="$(ratio "${RPS_OK[$c]}" "${RAW_AROUND[$c]}")"
-    judge "$r" '>=' "$RATIO_TARGET"
-    printf 'login c=%-3s              %s ok/s = %s x raw argon2 %s/s around it (target >= %s) %s %s\n' \
-        "$c" "${RPS_OK[$c]}" "$r" "${RAW_AROUND[$c]}" "$RATIO_TARGET" "$J" "$(fcpu "${FOREIGN[$c]}")"
+    judge "${RATIO[$c]}" '>=' "$RATIO_TARGET"
+    rounds="$(for (( r = 1; r <= LOGIN_ROUNDS; r++ )); do printf '%s ' "${RUN_RATIO[$c.$r]}"; done)"
+    printf 'login c=%-3s              %s x the raw argon2 rate around each run, median of %s rounds (%s) (target >= %s) %s\n' \
+        "$c" "${RATIO[$c]}" "$LOGIN_ROUNDS" "${rounds% }" "$RATIO_TARGET" "$J"
 done
 judge "$(mib "$IDLE_RSS_KIB")" '<=' "$IDLE_RSS_TARGET_MIB"
 printf 'idle RSS                  %s MiB (target <= %s MiB) %s\n' \
