@@ -487,6 +487,17 @@ async fn jwks_is_cacheable_and_answers_304_for_its_etag() {
         )
         .await;
         assert_eq!(r.status, 200);
+        // HEAD answers like GET, with the same validator, for caches that revalidate.
+        let r = send(
+            &app,
+            test::TestRequest::default()
+                .method(actix_web::http::Method::HEAD)
+                .uri("/.well-known/jwks.json"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{backend:?}: HEAD on the JWKS");
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+        assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
 
         for path in [
             "/.well-known/openid-configuration",
@@ -671,6 +682,22 @@ async fn every_response_carries_security_headers_and_a_request_id() {
     let r = send(&app, get("/nope")).await;
     r.assert_problem(404, "not_found");
     let r = send(&app, get("/v1/users")).await;
+    r.assert_problem(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = send(
+        &app,
+        test::TestRequest::delete().uri("/.well-known/jwks.json"),
+    )
+    .await;
+    r.assert_problem(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = send(
+        &app,
+        test::TestRequest::default()
+            .method(actix_web::http::Method::HEAD)
+            .uri("/v1/login"),
+    )
+    .await;
     r.assert_problem(405, "method_not_allowed");
     assert_eq!(r.header("allow"), Some("POST"));
     // A caller's request id is echoed; an unsafe one is replaced.

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::body::Fields;
 use super::extract::Admin;
 use super::users::rfc3339;
-use super::{resource, AppState};
+use super::{get, resource, AppState};
 use crate::crypto::keys::KeyAlg;
 use crate::domain::UserId;
 use crate::error::ApiError;
@@ -20,13 +20,13 @@ use crate::service::FieldError;
 use crate::store::keys::KeyRecord;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/admin/keys", "GET").route(web::get().to(list_keys)))
+    cfg.service(resource("/v1/admin/keys", "GET, HEAD").route(get().to(list_keys)))
         .service(resource("/v1/admin/keys/rotate", "POST").route(web::post().to(rotate)))
         .service(resource("/v1/admin/keys/{kid}/revoke", "POST").route(web::post().to(revoke)))
-        .service(resource("/v1/admin/users", "GET").route(web::get().to(list_users)))
+        .service(resource("/v1/admin/users", "GET, HEAD").route(get().to(list_users)))
         .service(
-            resource("/v1/admin/users/{id}", "GET, PATCH")
-                .route(web::get().to(get_user))
+            resource("/v1/admin/users/{id}", "GET, HEAD, PATCH")
+                .route(get().to(get_user))
                 .route(web::patch().to(patch_user)),
         )
         .service(resource("/v1/admin/users/{id}/roles", "PUT").route(web::put().to(put_roles)))

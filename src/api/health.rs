@@ -5,16 +5,16 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{resource, AppState};
+use super::{get, resource, AppState};
 use crate::limits::MirrorState;
 
 /// Longest a readiness probe waits for the database.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
-        .service(resource("/readyz", "GET").route(web::get().to(readyz)))
-        .service(resource("/metrics", "GET").route(web::get().to(metrics)));
+    cfg.service(resource("/healthz", "GET, HEAD").route(get().to(healthz)))
+        .service(resource("/readyz", "GET, HEAD").route(get().to(readyz)))
+        .service(resource("/metrics", "GET, HEAD").route(get().to(metrics)));
 }
 
 async fn healthz() -> HttpResponse {

@@ -5,11 +5,11 @@ use serde_json::json;
 
 use super::extract::Authenticated;
 use super::users::rfc3339;
-use super::{resource, AppState};
+use super::{get, resource, AppState};
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/me", "GET").route(web::get().to(me)));
+    cfg.service(resource("/v1/me", "GET, HEAD").route(get().to(me)));
 }
 
 async fn me(state: web::Data<AppState>, auth: Authenticated) -> Result<HttpResponse, ApiError> {

@@ -85,6 +85,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
+/// A route for GET that also answers HEAD (RFC 9110 §9.3.2): the same status and headers,
+/// and the HTTP layer sends no body. Every GET resource uses it and lists both in `allow`.
+pub fn get() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
 /// A resource whose other methods answer 405 as problem+json with `Allow` (RFC 9110
 /// §15.5.6), and whose handlers' panics become 500s. Every route is declared through this;
 /// `allow` lists the methods the caller routes on it.

@@ -5,18 +5,18 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{resource, AppState};
+use super::{get, resource, AppState};
 use crate::config::Settings;
 use crate::crypto::keys::KeyAlg;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/.well-known/jwks.json", "GET").route(web::get().to(jwks)))
+    cfg.service(resource("/.well-known/jwks.json", "GET, HEAD").route(get().to(jwks)))
         .service(
-            resource("/.well-known/openid-configuration", "GET").route(web::get().to(metadata)),
+            resource("/.well-known/openid-configuration", "GET, HEAD").route(get().to(metadata)),
         )
         .service(
-            resource("/.well-known/oauth-authorization-server", "GET")
-                .route(web::get().to(metadata)),
+            resource("/.well-known/oauth-authorization-server", "GET, HEAD")
+                .route(get().to(metadata)),
         );
 }
 

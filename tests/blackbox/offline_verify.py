@@ -549,6 +549,15 @@ def run_checks(server: Server) -> None:
     assert etag is not None
     r304 = http("GET", jwks_uri, headers={"If-None-Match": etag})
     check("JWKS with If-None-Match: <etag> -> 304", r304.status == 304, r304.describe())
+    head = http("HEAD", jwks_uri)
+    check(
+        "HEAD jwks_uri -> 200, no body, the GET's ETag and Content-Length",
+        head.status == 200
+        and head.body == b""
+        and head.header("ETag") == etag
+        and head.header("Content-Length") == str(len(r.body)),
+        head.describe(),
+    )
     leaked = [
         (k.get("kid"), m) for k in jwks["keys"] for m in PRIVATE_JWK_MEMBERS if isinstance(k, dict) and m in k
     ]
