@@ -73,6 +73,17 @@ async fn stored_mark(state: &tessera::api::AppState, id: &str) -> Option<i64> {
         .and_then(|u| u.tokens_valid_after)
 }
 
+/// The account's mark as a sibling reads it from Redis (proto-docs/redis.md).
+async fn redis_mark(state: &tessera::api::AppState, id: &str) -> Option<i64> {
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}revoked:user:{id}", state.settings.redis.key_prefix);
+    conn.get(&key).await.unwrap()
+}
+
 #[actix_web::test]
 async fn admins_page_through_read_disable_and_enable_accounts() {
     for (backend, redis) in shapes().await {
@@ -318,13 +329,7 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
             vec![Some(admin_id.clone())]
         );
         if redis {
-            let mut conn = redis::Client::open(redis_url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let key = format!("{}revoked:user:{ann}", state.settings.redis.key_prefix);
-            let mark: Option<i64> = conn.get(&key).await.unwrap();
+            let mark = redis_mark(&state, &ann).await;
             assert!(
                 mark.is_some_and(|m| m > ann_iat),
                 "{backend:?}: a sibling checking Redis sees a mark that kills the old token \
@@ -437,15 +442,8 @@ async fn replacing_roles_and_ending_sessions_invalidate_the_old_tokens() {
             .iat;
         assert!(stored_mark(&state, &dee).await.is_some_and(|m| m > dee_iat));
         if redis {
-            let mut conn = redis::Client::open(redis_url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let key = format!("{}revoked:user:{dee}", state.settings.redis.key_prefix);
-            let mark: Option<i64> = conn.get(&key).await.unwrap();
             assert!(
-                mark.is_some_and(|m| m > dee_iat),
+                redis_mark(&state, &dee).await.is_some_and(|m| m > dee_iat),
                 "{backend:?}: siblings checking Redis refuse the token with the old roles"
             );
         }
