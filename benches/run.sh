@@ -701,10 +701,12 @@ section_flood() {
             problem "wrong-password logins under flood answered other than 401/503: $other (see $flood)"
         fi
     done
+    # The larger of the kernel's high-water mark (when it could be reset) and the polled RSS.
+    FLOOD_PEAK_KIB="$FLOOD_POLL_RSS_KIB"
     if [[ "$FLOOD_HWM_RESET" == yes ]]; then
-        FLOOD_PEAK_KIB="$(proc_status VmHWM)"
-    else
-        FLOOD_PEAK_KIB="$FLOOD_POLL_RSS_KIB"
+        local hwm
+        hwm="$(proc_status VmHWM)"
+        (( ${hwm:-0} > FLOOD_PEAK_KIB )) && FLOOD_PEAK_KIB="$hwm"
     fi
     FLOOD_P99="$(printf '%s\n' "${p99s[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
     FLOOD_LOGIN_RATIO="$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"

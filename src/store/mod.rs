@@ -128,9 +128,13 @@ impl Target {
         let p = Target::sqlite_path(path)
             .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
         let mut conn = SqliteConnection::establish(&p)?;
-        // Writers wait for each other instead of failing with "database is locked".
+        // Writers wait for each other instead of failing with "database is locked". Each
+        // pooled connection keeps its own page cache, 2 MiB by default: capped at 256 KiB so
+        // the embedded default's memory does not grow with the data (pages come back from
+        // the OS page cache; decision 0012).
         conn.batch_execute(
-            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
+             PRAGMA cache_size = -256;",
         )
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
         Ok(conn)
