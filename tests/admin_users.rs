@@ -12,7 +12,7 @@ use common::*;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tessera::api;
-use tessera::domain::ManualClock;
+use tessera::domain::{Clock, ManualClock};
 use tessera::store::audit::{self, AuditKind};
 
 /// A context on a clock of the test's own: a mark ("tokens issued before T are invalid") has
@@ -544,6 +544,10 @@ async fn a_login_waiting_for_the_hashing_pool_cannot_outlive_a_disable() {
         // after it read the account.
         s.password.threads = 1;
         s.password.queue = 512;
+        // Hashes slow enough (a few ms each) that the queue takes about a second to drain
+        // even on an idle machine: the disable below must land while eve's check waits.
+        s.password.memory_kib = 4096;
+        s.password.iterations = 2;
         let state = tessera::startup::build_state(s).await.unwrap();
         let app = test::init_service(api::app(state.clone())).await;
         let admin = admin_token(&app, &state, "root@example.com").await;
@@ -606,4 +610,141 @@ async fn a_login_waiting_for_the_hashing_pool_cannot_outlive_a_disable() {
             "{backend:?}: the disabled account has no live session"
         );
     }
+}
+
+#[actix_web::test]
+async fn concurrent_admin_changes_of_one_account_run_one_after_the_other() {
+    for (backend, redis) in shapes().await {
+        let (state, _clock, _db) = clocked(backend, redis).await;
+        let app = test::init_service(api::app(state.clone())).await;
+        let admin = admin_token(&app, &state, "root@example.com").await;
+        let (eve, _) = register_and_login(&app, "eve@example.com").await;
+        let roles_path = format!("/v1/admin/users/{eve}/roles");
+        let user_path = format!("/v1/admin/users/{eve}");
+
+        // Two replacements at once: the result is one of the two sets, never their union.
+        for i in 0..8 {
+            let (a, b) = (format!("team-a{i}"), format!("team-b{i}"));
+            let (ra, rb) = tokio::join!(
+                send(
+                    &app,
+                    with_json(
+                        admin_req("PUT", &roles_path, &admin),
+                        &json!({"roles": [a]})
+                    )
+                ),
+                send(
+                    &app,
+                    with_json(
+                        admin_req("PUT", &roles_path, &admin),
+                        &json!({"roles": [b]})
+                    )
+                ),
+            );
+            assert_eq!(
+                (ra.status.as_u16(), rb.status.as_u16()),
+                (200, 200),
+                "{backend:?}"
+            );
+            let now = send(&app, admin_req("GET", &user_path, &admin))
+                .await
+                .json()["roles"]
+                .clone();
+            assert!(
+                now == json!([a]) || now == json!([b]),
+                "{backend:?}: two replacements at once left {now}"
+            );
+        }
+
+        // A disable and an enable at once: the audit trail ends in the state the account is in.
+        for _ in 0..8 {
+            let (_, _) = tokio::join!(
+                send(
+                    &app,
+                    with_json(
+                        admin_req("PATCH", &user_path, &admin),
+                        &json!({"disabled": true})
+                    )
+                ),
+                send(
+                    &app,
+                    with_json(
+                        admin_req("PATCH", &user_path, &admin),
+                        &json!({"disabled": false})
+                    )
+                ),
+            );
+            let disabled = send(&app, admin_req("GET", &user_path, &admin))
+                .await
+                .json()["disabled"]
+                .as_bool()
+                .unwrap();
+            let downs = events(&state, AuditKind::UserDisabled, &eve).await.len();
+            let ups = events(&state, AuditKind::UserEnabled, &eve).await.len();
+            assert_eq!(
+                downs - ups,
+                usize::from(disabled),
+                "{backend:?}: {downs} user_disabled and {ups} user_enabled events, disabled = {disabled}"
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_change_that_waited_for_the_database_marks_the_time_it_committed() {
+    // SQLite: another writer holds the database while an admin replaces roles; the change
+    // waits (busy timeout), and its mark must not be older than the wait, or a token issued
+    // meanwhile with the old roles would outlive the change.
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let (state, clock, db) = clocked(Backend::Sqlite, false).await;
+    let app = test::init_service(api::app(state.clone())).await;
+    let admin = admin_token(&app, &state, "root@example.com").await;
+    let (fay, _) = register_and_login(&app, "fay@example.com").await;
+    let (_, fay_refresh) = login_pair(&app, "fay@example.com", PASSWORD).await;
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let mut holder = diesel::SqliteConnection::establish(&path).unwrap();
+    holder.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let before = clock.now();
+    let roles_path = format!("/v1/admin/users/{fay}/roles");
+    // A refresh waits for the database beside the change: whichever commits first, the
+    // token it gets either carries the new roles or is refused by the change's mark.
+    let (r, refreshed, ()) = tokio::join!(
+        send(
+            &app,
+            with_json(
+                admin_req("PUT", &roles_path, &admin),
+                &json!({"roles": ["auditor"]})
+            )
+        ),
+        refresh(&app, &fay_refresh),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            clock.advance(5);
+            holder.batch_execute("COMMIT").unwrap();
+        },
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mark = stored_mark(&state, &fay).await.unwrap();
+    assert!(
+        mark >= before + 5,
+        "the mark ({mark}) is the time after the wait, not before it ({before})"
+    );
+    assert_eq!(
+        refreshed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&refreshed.body)
+    );
+    let token = refreshed.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = send(&app, bearer("/v1/me", &token)).await;
+    assert!(
+        me.status == 401 || me.json()["roles"] == json!(["auditor"]),
+        "a token refreshed beside a role change has the new roles or is refused: {} {}",
+        me.status,
+        String::from_utf8_lossy(&me.body)
+    );
 }

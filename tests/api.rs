@@ -790,7 +790,51 @@ async fn a_login_rehashes_a_password_stored_with_old_parameters() {
         )
         .await;
         r.assert_problem(401, "invalid_credentials");
+
+        // Concurrent logins that each want to store a rehash: every one succeeds (the ones
+        // that find the hash already replaced check the password again against the new
+        // one), none deadlocks, and none counts as a failed login.
+        let mut strongest = ctx.settings();
+        strongest.password.memory_kib = 1024;
+        strongest.password.iterations = 2;
+        let state3 = tessera::startup::build_state(strongest).await.unwrap();
+        let app3 = test::init_service(api::app(state3.clone())).await;
+        let failed_before = audit_count(&state3, AuditKind::LoginFailed, &id).await;
+        let attempts = (0..6).map(|_| {
+            send(
+                &app3,
+                post_json(
+                    "/v1/login",
+                    &json!({"email": "jack@example.com", "password": PASSWORD}),
+                ),
+            )
+        });
+        for r in futures_util::future::join_all(attempts).await {
+            assert_eq!(
+                r.status,
+                200,
+                "{backend:?}: a concurrent login with the right password: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        let last = stored(state3.clone(), id.clone()).await;
+        assert!(last.contains("m=1024,t=2,p=1"), "{backend:?}: {last}");
+        assert_eq!(
+            audit_count(&state3, AuditKind::LoginFailed, &id).await,
+            failed_before,
+            "{backend:?}: no login_failed event for a right password"
+        );
     }
+}
+
+async fn audit_count(state: &tessera::api::AppState, kind: AuditKind, subject: &str) -> usize {
+    let subject = subject.to_owned();
+    state
+        .db
+        .run(move |c| audit::list_for_subject(c, kind, &subject))
+        .await
+        .unwrap()
+        .len()
 }
 
 #[actix_web::test]

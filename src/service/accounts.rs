@@ -253,6 +253,26 @@ impl Accounts {
         ip: Option<String>,
     ) -> Result<TokenGrant, AccountError> {
         let password = Password::normalize(password);
+        // The stored hash may change while the check waits in the hashing queue: another
+        // login stored a rehash of the same password, or the password was changed. The
+        // password is then checked once more against the new hash, which tells the two apart.
+        if let Some(grant) = self.login_once(email, &password, ip.clone(), false).await? {
+            return Ok(grant);
+        }
+        self.login_once(email, &password, ip, true)
+            .await?
+            .ok_or(AccountError::InvalidCredentials)
+    }
+
+    /// One login attempt. `None` when the account's hash changed after it was read (only
+    /// when `last` is false; the last attempt answers 401 then).
+    async fn login_once(
+        &self,
+        email: &str,
+        password: &Password,
+        ip: Option<String>,
+        last: bool,
+    ) -> Result<Option<TokenGrant>, AccountError> {
         // A string that is not an address cannot name an account: it takes the same path as
         // an unknown one, including the dummy hash.
         let user = match Email::parse(email) {
@@ -283,7 +303,7 @@ impl Accounts {
             other => return Err(self.fail_login(other.as_ref(), ip).await),
         };
         let rehashed = if verified.needs_rehash {
-            self.rehash(&password).await
+            self.rehash(password).await
         } else {
             None
         };
@@ -324,14 +344,22 @@ impl Accounts {
         // in the hashing queue for seconds: the session is created only if the account is, at
         // commit, still enabled and still has the password that was checked. Otherwise a
         // disable or password change that ended every session meanwhile would miss this one.
+        // A login that stores a rehash locks the row for update (PostgreSQL), so two of them
+        // run one after the other instead of deadlocking on two share locks.
         let rehash_stored = rehashed.is_some();
-        let roles = self
+        let outcome = self
             .db
             .transaction(move |c| {
-                let still = users::find_locked(c, &user_id)?
-                    .filter(|u| !u.disabled && u.password_hash == verified_hash);
-                if still.is_none() {
-                    return Ok(None);
+                let now = if rehashed.is_some() {
+                    users::find_for_update(c, &user_id)?
+                } else {
+                    users::find_locked(c, &user_id)?
+                };
+                let Some(now) = now.filter(|u| !u.disabled) else {
+                    return Ok(Committed::Refused);
+                };
+                if now.password_hash != verified_hash {
+                    return Ok(Committed::HashChanged);
                 }
                 if let Some(hash) = &rehashed {
                     users::set_password_hash(c, &user_id, hash, t)?;
@@ -339,18 +367,24 @@ impl Accounts {
                 session_store::create_session(c, &session)?;
                 session_store::insert_refresh(c, &stored)?;
                 audit::record(c, &event)?;
-                users::roles(c, &user_id).map(Some)
+                users::roles(c, &user_id).map(Committed::Roles)
             })
             .await?;
-        let Some(roles) = roles else {
-            return Err(self.fail_login(Some(&user), ip_again).await);
+        let roles = match outcome {
+            Committed::Roles(roles) => roles,
+            Committed::HashChanged if !last => return Ok(None),
+            Committed::HashChanged | Committed::Refused => {
+                return Err(self.fail_login(Some(&user), ip_again).await)
+            }
         };
         if rehash_stored {
             tracing::info!(user_id = %user.id, "password rehashed with current parameters");
         }
-        let grant = self.issue(&user.id, &sid, roles, refresh)?;
+        // The token's times are those the roles were read after, never later: a change of
+        // roles committed after this read sets a mark no earlier than `t`.
+        let grant = self.issue(t, &user.id, &sid, roles, refresh)?;
         tracing::info!(user_id = %user.id, "login succeeded");
-        Ok(grant)
+        Ok(Some(grant))
     }
 
     async fn fail_login(&self, user: Option<&UserRecord>, ip: Option<String>) -> AccountError {
@@ -382,16 +416,18 @@ impl Accounts {
         }
     }
 
+    /// Signs an access token issued at `t`: the instant before the token's contents (roles,
+    /// session) were read, so a "tokens issued before T" mark set by a change that those
+    /// reads missed covers it. One instant for both the choice of key and the token's
+    /// times, so tokens issued in the same second by any replica carry the same kid.
     pub(super) fn issue(
         &self,
+        t: UnixTime,
         subject: &str,
         sid: &str,
         roles: Vec<String>,
         refresh_token: RefreshToken,
     ) -> Result<TokenGrant, AccountError> {
-        // One instant for both the choice of key and the token's times, so tokens issued in
-        // the same second by any replica carry the same kid.
-        let t = self.keys.now();
         let keys = self.keys.current();
         let signer = keys
             .signer_at(t)
@@ -542,4 +578,14 @@ pub(super) fn password_code(p: &PasswordProblem) -> &'static str {
         PasswordProblem::TooWeak => "too_weak",
         PasswordProblem::ContainsEmail => "contains_email",
     }
+}
+
+/// How a login's transaction ended.
+enum Committed {
+    /// The session was created; the account's roles.
+    Roles(Vec<String>),
+    /// The account is gone or disabled.
+    Refused,
+    /// The account's hash is no longer the one the password was checked against.
+    HashChanged,
 }

@@ -135,11 +135,14 @@ impl Accounts {
                 "an admin cannot disable their own account",
             ));
         }
-        let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
+        let (uid, who, clock) = (id.to_owned(), actor.to_owned(), self.keys.clock());
         let (changed, mark) = self
             .db
             .transaction(move |c| {
-                let before = users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
+                // Locked first, and the mark's time read after the lock: a change that waited
+                // for another one must not set a mark older than what it waited for.
+                let before = users::find_for_update(c, &uid)?.ok_or(StoreError::NotFound)?;
+                let t = clock.now();
                 users::set_disabled(c, &uid, disabled, t)?;
                 let changed = before.disabled != disabled;
                 let mark = if disabled {
@@ -207,11 +210,14 @@ impl Accounts {
                 "an admin cannot remove the admin role from their own account",
             ));
         }
-        let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
+        let (uid, who, clock) = (id.to_owned(), actor.to_owned(), self.keys.clock());
         let mark = self
             .db
             .transaction(move |c| {
-                users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
+                // Locked first: two concurrent replacements run one after the other, the
+                // second replacing what the first wrote (not adding to it).
+                users::find_for_update(c, &uid)?.ok_or(StoreError::NotFound)?;
+                let t = clock.now();
                 let current: BTreeSet<String> = users::roles(c, &uid)?.into_iter().collect();
                 // Only what this transaction itself changed is audited and marked: a
                 // concurrent request may have made the same change first.
@@ -254,11 +260,12 @@ impl Accounts {
     /// Ends every session of an account and invalidates every token issued until now;
     /// returns how many sessions were live.
     pub async fn end_sessions(&self, id: &str, actor: &str) -> Result<usize, AccountError> {
-        let (uid, who, t) = (id.to_owned(), actor.to_owned(), self.keys.now());
+        let (uid, who, clock) = (id.to_owned(), actor.to_owned(), self.keys.clock());
         let (ended, mark) = self
             .db
             .transaction(move |c| {
-                users::find(c, &uid)?.ok_or(StoreError::NotFound)?;
+                users::find_for_update(c, &uid)?.ok_or(StoreError::NotFound)?;
+                let t = clock.now();
                 let n = session_store::revoke_user_sessions(c, &uid, None, t, "ended_by_admin")?;
                 let mark = session_store::mark_user(c, &uid, t)?;
                 audit::record(

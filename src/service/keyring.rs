@@ -293,6 +293,11 @@ impl KeyRing {
         self.clock.now()
     }
 
+    /// The clock, for work that must read the time inside a database transaction.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
     /// The key set in force.
     pub fn current(&self) -> Arc<KeySet> {
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());

@@ -106,16 +106,18 @@ impl Accounts {
                     expires_at: (t + idle).min(session.expires_at),
                     used_at: None,
                 };
-                Ok(match session_store::rotate_refresh(c, &hash, &successor)? {
-                    Rotation::Rotated => Refresh::Rotated {
-                        user_id: session.user_id,
-                        sid: session.id,
-                        roles: view.roles,
-                        next,
+                Ok(
+                    match session_store::rotate_refresh(c, &hash, &session.user_id, &successor)? {
+                        Rotation::Rotated(roles) => Refresh::Rotated {
+                            user_id: session.user_id,
+                            sid: session.id,
+                            roles,
+                            next,
+                        },
+                        Rotation::Lost => Refresh::AlreadyUsed,
+                        Rotation::SessionEnded => Refresh::Invalid("the session has ended"),
                     },
-                    Rotation::Lost => Refresh::AlreadyUsed,
-                    Rotation::SessionEnded => Refresh::Invalid("the session has ended"),
-                })
+                )
             })
             .await?;
         match outcome {
@@ -124,7 +126,7 @@ impl Accounts {
                 sid,
                 roles,
                 next,
-            } => self.issue(&user_id, &sid, roles, next),
+            } => self.issue(t, &user_id, &sid, roles, next),
             Refresh::ReuseDetected => {
                 tracing::warn!("refresh token reuse detected: session revoked");
                 Err(AccountError::InvalidGrant(

@@ -105,10 +105,11 @@ pub fn find_refresh_view(
 }
 
 /// How an attempt to rotate a refresh token ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The token was marked used, its session touched and `next` stored.
-    Rotated,
+    /// The token was marked used, its session touched and `next` stored; the account's
+    /// roles, read in the same transaction after the account row was locked.
+    Rotated(Vec<String>),
     /// Another request marked the token used first; nothing was written.
     Lost,
     /// The session was revoked after it was read; no successor was stored.
@@ -233,16 +234,22 @@ pub fn rotate_if_valid(
     .map_err(db_error)
 }
 
-/// Rotates `hash` into `next` (whose session is the token's): marks the token used if nobody
-/// did first, touches its session if it is still live, and stores the successor, all or
-/// nothing.
+/// Rotates `hash` into `next` (whose session is the token's, of account `user_id`): marks the
+/// token used if nobody did first, touches its session if it is still live, and stores the
+/// successor, all or nothing. The account row is locked first (shared, on PostgreSQL), in
+/// the order the admin actions lock (account, then sessions), so the roles returned are
+/// those of any role change that committed before, and one in flight waits for this.
 pub fn rotate_refresh(
     conn: &mut DbConnection,
     hash: &str,
+    user_id: &str,
     next: &RefreshRecord,
 ) -> Result<Rotation, StoreError> {
     let t = next.created_at;
     super::in_transaction(conn, |c| {
+        if super::users::find_locked(c, user_id)?.is_none_or(|u| u.disabled) {
+            return Ok(Rotation::SessionEnded);
+        }
         let claimed = diesel::update(
             refresh_tokens::table
                 .find(hash)
@@ -265,8 +272,10 @@ pub fn rotate_refresh(
         if live != 1 {
             return Ok(Rotation::SessionEnded);
         }
+        // The roles as they are now, read behind the account's lock (taken first, above).
+        let roles = super::users::roles(c, user_id)?;
         insert_refresh(c, next)?;
-        Ok(Rotation::Rotated)
+        Ok(Rotation::Rotated(roles))
     })
 }
 

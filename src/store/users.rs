@@ -115,6 +115,24 @@ pub fn find_locked(conn: &mut DbConnection, id: &str) -> Result<Option<UserRecor
     row.map(|r| r.map(UserRecord::from)).map_err(db_error)
 }
 
+/// The account, locked for a change of the row (PostgreSQL `FOR UPDATE`; on SQLite the
+/// caller's `BEGIN IMMEDIATE` transaction already holds the write lock): concurrent changes
+/// of one account then run one after the other, each seeing the previous one's result.
+pub fn find_for_update(
+    conn: &mut DbConnection,
+    id: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    let row = match conn {
+        DbConnection::Postgres(pg) => users::table
+            .find(id)
+            .for_update()
+            .first::<UserRow>(pg)
+            .optional(),
+        DbConnection::Sqlite(lite) => users::table.find(id).first::<UserRow>(lite).optional(),
+    };
+    row.map(|r| r.map(UserRecord::from)).map_err(db_error)
+}
+
 pub fn count(conn: &mut DbConnection) -> Result<i64, StoreError> {
     users::table.count().get_result(conn).map_err(db_error)
 }
