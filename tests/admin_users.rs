@@ -164,6 +164,7 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
             "after=%00",
             "after=no-such-user",
             "colour=blue",
+            "limit=1&limit=2",
         ] {
             send(
                 &app,

@@ -174,9 +174,23 @@ const MAX_PAGE: usize = 200;
 async fn list_users(
     _admin: Admin,
     state: web::Data<AppState>,
-    query: web::Query<HashMap<String, String>>,
+    pairs: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let mut errors = Vec::new();
+    // Each parameter once: `limit=1&limit=2` is ambiguous, so it is refused, not guessed.
+    let mut query = HashMap::new();
+    for (key, value) in pairs.into_inner() {
+        if query.contains_key(&key) {
+            let shown: String = key.chars().take(64).collect();
+            errors.push(FieldError {
+                field: "query",
+                code: "repeated_parameter",
+                message: format!("query parameter `{shown}` given more than once"),
+            });
+        } else {
+            query.insert(key, value);
+        }
+    }
     let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
         None => DEFAULT_PAGE,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
