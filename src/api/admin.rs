@@ -180,15 +180,18 @@ async fn list_users(
     // Each parameter once: `limit=1&limit=2` is ambiguous, so it is refused, not guessed.
     let mut query = HashMap::new();
     for (key, value) in pairs.into_inner() {
-        if query.contains_key(&key) {
-            let shown: String = key.chars().take(64).collect();
-            errors.push(FieldError {
-                field: "query",
-                code: "repeated_parameter",
-                message: format!("query parameter `{shown}` given more than once"),
-            });
-        } else {
-            query.insert(key, value);
+        match query.entry(key) {
+            std::collections::hash_map::Entry::Occupied(seen) => {
+                let shown: String = seen.key().chars().take(64).collect();
+                errors.push(FieldError {
+                    field: "query",
+                    code: "repeated_parameter",
+                    message: format!("query parameter `{shown}` given more than once"),
+                });
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
         }
     }
     let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
