@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tessera::api;
 use tessera::domain::{Clock, ManualClock};
-use tessera::store::audit::{self, AuditKind};
+use tessera::store::audit::AuditKind;
 
 /// A context on a clock of the test's own: a mark ("tokens issued before T are invalid") has
 /// one-second resolution, so the tests move time on instead of sleeping.
@@ -44,22 +44,6 @@ fn admin_req(method: &str, path: &str, token: &str) -> test::TestRequest {
 fn with_json(req: test::TestRequest, body: &Value) -> test::TestRequest {
     req.insert_header(("content-type", "application/json"))
         .set_payload(body.to_string())
-}
-
-async fn events(
-    state: &tessera::api::AppState,
-    kind: AuditKind,
-    subject: &str,
-) -> Vec<Option<String>> {
-    let subject = subject.to_owned();
-    state
-        .db
-        .run(move |c| audit::list_for_subject(c, kind, &subject))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, actor)| actor)
-        .collect()
 }
 
 /// The account's durable "tokens issued before T are invalid" mark.

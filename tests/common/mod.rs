@@ -548,3 +548,20 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// The actors of the audit events of `kind` about `subject`, newest first.
+pub async fn events(
+    state: &AppState,
+    kind: tessera::store::audit::AuditKind,
+    subject: &str,
+) -> Vec<Option<String>> {
+    let subject = subject.to_owned();
+    state
+        .db
+        .run(move |c| tessera::store::audit::list_for_subject(c, kind, &subject))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, actor)| actor)
+        .collect()
+}
