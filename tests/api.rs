@@ -973,3 +973,42 @@ async fn a_login_flood_beyond_the_hashing_queue_is_shed_with_503_not_queued() {
         "only admitted registrations were written"
     );
 }
+
+#[actix_web::test]
+async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
+    use std::io::{Read, Write};
+    let ctx = Ctx::new(Backend::Sqlite).await;
+    let mut settings = ctx.settings();
+    settings.server.bind = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.server.workers = 1;
+    let application = tessera::startup::Application::build(settings)
+        .await
+        .unwrap();
+    let addr = application.local_addr();
+    let server = actix_web::rt::spawn(application.run_until_stopped());
+    // A client announces 100 bytes and sends 2: the server answers once the body deadline
+    // passes (the socket timeout only keeps a broken server from hanging the test).
+    let answer = actix_web::rt::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        s.write_all(
+            b"POST /v1/users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body gets 408: {answer}"
+    );
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert_eq!(ctx.count_users().await, 0, "nothing was written");
+    server.abort();
+}

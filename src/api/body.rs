@@ -29,6 +29,9 @@ pub fn json_config() -> web::JsonConfig {
                 JsonPayloadError::Deserialize(_) => {
                     ApiError::MalformedRequest("the body is not valid UTF-8 JSON")
                 }
+                JsonPayloadError::Payload(e) if super::middleware::is_body_timeout(e) => {
+                    ApiError::RequestTimeout
+                }
                 JsonPayloadError::Payload(_) => {
                     ApiError::MalformedRequest("the body could not be read")
                 }

@@ -2,13 +2,14 @@
 //! containment, and security headers on every response.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{DefaultHeaders, Next};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tracing::Instrument;
 
 use crate::config::Settings;
@@ -34,10 +35,51 @@ fn request_id(req: &ServiceRequest) -> String {
 
 /// Wraps each request in a span with its id and logs one line when it ends. Runs before
 /// routing, so it must not hold a clone of the request (routing needs it unshared).
+/// How long a client may take to send a request body once its head has arrived (the head
+/// itself is bounded by the server's request timeout): a client that announces a body and
+/// then stalls is answered 408 instead of holding its connection open for ever.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request's body, failing with a timed-out read once `within` has passed.
+fn with_deadline(payload: Payload, within: Duration) -> Payload {
+    let deadline = tokio::time::Instant::now() + within;
+    let stream = futures_util::stream::unfold(Some(payload), move |state| async move {
+        let mut payload = state?;
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(payload))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                ))),
+                None,
+            )),
+        }
+    });
+    Payload::Stream {
+        payload: Box::pin(stream),
+    }
+}
+
+/// Whether a body read failed because of [`BODY_TIMEOUT`].
+pub fn is_body_timeout(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 pub async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let has_body = {
+        let h = req.headers();
+        h.contains_key(actix_web::http::header::CONTENT_LENGTH)
+            || h.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+    };
+    if has_body {
+        let payload = actix_web::HttpMessage::take_payload(&mut req);
+        req.set_payload(with_deadline(payload, BODY_TIMEOUT));
+    }
     let id = request_id(&req);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
@@ -56,8 +98,14 @@ pub async fn request_context(
             .response()
             .error()
             .is_some_and(|e| e.as_error::<actix_cors::CorsError>().is_some());
+        let timed_out = res
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<PayloadError>())
+            .is_some_and(is_body_timeout);
         let api = match res.status().as_u16() {
             _ if cors => ApiError::OriginNotAllowed,
+            _ if timed_out => ApiError::RequestTimeout,
             413 => ApiError::PayloadTooLarge,
             415 => ApiError::UnsupportedMediaType,
             404 => ApiError::NotFound,
