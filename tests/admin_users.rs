@@ -267,6 +267,14 @@ async fn admins_page_through_read_disable_and_enable_accounts() {
         )
         .await
         .assert_problem(415, "unsupported_media_type");
+        send(
+            &app,
+            admin_req("PATCH", &format!("/v1/admin/users/{ann}"), &admin)
+                .insert_header(("content-type", "application/json"))
+                .set_payload(r#"{"disabled": true, "disabled": false}"#),
+        )
+        .await
+        .assert_problem(400, "malformed_request");
         send(&app, patch("no-such-user", json!({"disabled": true})))
             .await
             .assert_problem(404, "user_not_found");

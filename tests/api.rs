@@ -247,6 +247,24 @@ async fn malformed_bodies_get_clear_4xx_and_write_nothing() {
         send(&app, post_json("/v1/login", &big))
             .await
             .assert_problem(413, "payload_too_large");
+        // A field given twice means two things at once: refused, not the last one taken.
+        let twice = format!(
+            r#"{{"email": "carol@example.com", "password": "{PASSWORD}", "email": "dave@example.com"}}"#
+        );
+        let body = send(
+            &app,
+            raw(Some("application/json"), twice.clone().into_bytes()),
+        )
+        .await
+        .assert_problem(400, "malformed_request");
+        assert_eq!(body["detail"], "a field is given more than once");
+        let login_twice = test::TestRequest::post()
+            .uri("/v1/login")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(twice);
+        send(&app, login_twice)
+            .await
+            .assert_problem(400, "malformed_request");
         assert_eq!(ctx.count_users().await, 0);
         // The same valid body with a charset parameter, and with a +json type, is accepted.
         let r = send(&app, raw(Some("application/json; charset=utf-8"), valid)).await;

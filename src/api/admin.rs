@@ -76,9 +76,9 @@ fn optional_json(req: &HttpRequest, body: &[u8]) -> Result<Option<Value>, ApiErr
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|_| ApiError::MalformedRequest("the body is not valid UTF-8 JSON"))
+    serde_json::from_slice::<super::body::JsonObject>(body)
+        .map(|object| Some(object.0))
+        .map_err(|e| super::body::malformed(&e))
 }
 
 /// A required JSON object body, read only after the `Admin` extractor has let the caller

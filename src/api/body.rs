@@ -9,6 +9,56 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 use crate::service::FieldError;
 
+/// A request body that is a JSON object whose fields are each given once. serde_json keeps
+/// the last of repeated keys; a body like `{"email": "a@…", "email": "b@…"}` means two
+/// things at once, so it is refused rather than guessed.
+#[derive(Debug)]
+pub struct JsonObject(pub Value);
+
+/// The start of the error a repeated field raises, told apart from other type errors.
+const REPEATED_FIELD: &str = "repeated field";
+
+impl<'de> serde::Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JsonObject, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<JsonObject, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(REPEATED_FIELD));
+                    }
+                    let value: Value = access.next_value()?;
+                    map.insert(key, value);
+                }
+                Ok(JsonObject(Value::Object(map)))
+            }
+        }
+        d.deserialize_any(Object)
+    }
+}
+
+/// The 400 for a body that parsed as JSON syntax but is not one object with unique fields,
+/// or is not JSON at all.
+pub fn malformed(e: &serde_json::Error) -> ApiError {
+    if e.is_eof() {
+        ApiError::MalformedRequest("the JSON body is truncated")
+    } else if e.is_data() && e.to_string().starts_with(REPEATED_FIELD) {
+        ApiError::MalformedRequest("a field is given more than once")
+    } else if e.is_data() {
+        ApiError::MalformedRequest("the body must be a JSON object")
+    } else {
+        ApiError::MalformedRequest("the body is not valid UTF-8 JSON")
+    }
+}
+
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(super::MAX_BODY_BYTES)
@@ -23,12 +73,7 @@ pub fn json_config() -> web::JsonConfig {
                 JsonPayloadError::OverflowKnownLength { .. }
                 | JsonPayloadError::Overflow { .. } => ApiError::PayloadTooLarge,
                 JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-                JsonPayloadError::Deserialize(e) if e.is_eof() => {
-                    ApiError::MalformedRequest("the JSON body is truncated")
-                }
-                JsonPayloadError::Deserialize(_) => {
-                    ApiError::MalformedRequest("the body is not valid UTF-8 JSON")
-                }
+                JsonPayloadError::Deserialize(e) => malformed(e),
                 JsonPayloadError::Payload(e) if super::middleware::is_body_timeout(e) => {
                     ApiError::RequestTimeout
                 }

@@ -188,9 +188,9 @@ async fn change_password(
     req: HttpRequest,
     auth: Authenticated,
     state: web::Data<AppState>,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<super::body::JsonObject>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body.into_inner())?;
+    let mut fields = Fields::new(body.into_inner().0)?;
     let current = zeroize::Zeroizing::new(fields.string("current_password"));
     let new = zeroize::Zeroizing::new(fields.string("new_password"));
     fields.finish()?;

@@ -14,9 +14,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<super::body::JsonObject>,
 ) -> Result<HttpResponse, ApiError> {
-    let (email, password) = credentials(body.into_inner())?;
+    let (email, password) = credentials(body.into_inner().0)?;
     let ip = super::limit::client_ip(&req, &state);
     let bucket = [(
         state.policies.register_per_ip,
