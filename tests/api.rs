@@ -28,7 +28,7 @@ async fn registration_normalises_the_email_and_refuses_a_second_spelling() {
         let id = body["id"].as_str().unwrap();
         assert_eq!(
             r.header("location"),
-            Some(format!("/v1/users/{id}").as_str())
+            Some(format!("/v1/admin/users/{id}").as_str())
         );
         assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
         assert!(body.get("password_hash").is_none());

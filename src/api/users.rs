@@ -30,7 +30,7 @@ async fn register(
         .register(&email, &password, ip.map(|i| i.to_string()))
         .await?;
     Ok(HttpResponse::Created()
-        .insert_header(("Location", format!("/v1/users/{}", account.id)))
+        .insert_header(("Location", format!("/v1/admin/users/{}", account.id)))
         .json(json!({
             "id": account.id,
             "email": account.email.as_str(),

@@ -293,7 +293,10 @@ impl Accounts {
         let verified = match verified {
             Ok(v) => v,
             Err(HashError::BadStoredHash) => {
-                tracing::error!(user_id = ?user.as_ref().map(|u| &u.id), "stored password hash is unreadable");
+                tracing::error!(
+                    user_id = user.as_ref().map_or("-", |u| u.id.as_str()),
+                    "stored password hash is unreadable"
+                );
                 return Err(self.fail_login(user.as_ref(), ip).await);
             }
             Err(e) => return Err(e.into()),
@@ -400,7 +403,7 @@ impl Accounts {
         if let Err(e) = self.db.run(move |c| audit::record(c, &event)).await {
             tracing::error!(error = %e, "could not record a failed login");
         }
-        tracing::info!(user_id = ?subject, "login failed");
+        tracing::info!(user_id = subject.as_deref().unwrap_or("-"), "login failed");
         AccountError::InvalidCredentials
     }
 
