@@ -9,8 +9,9 @@ PY    := $(VENV)/bin/python
 help:
 	@echo "make run    - run the service on the embedded default (SQLite, generated dev KEK under ./data/)"
 	@echo "make test   - set up the Python verifier venv and the browser test (Chromium, playwright-core), then run the whole test suite"
+	@echo "make venv   - the Python venv (.venv) with PyJWT, for the README's offline verification"
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, offline RustSec audit of Cargo.lock"
-	@echo "make bench  - release build, then Argon2 / login / RSS / start-up figures"
+	@echo "make bench  - release build, then the figures of issues 2-5 against their targets (about 15 minutes)"
 
 run:
 	$(CARGO) run --bin tessera -- serve
