@@ -33,8 +33,6 @@ fn request_id(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Wraps each request in a span with its id and logs one line when it ends. Runs before
-/// routing, so it must not hold a clone of the request (routing needs it unshared).
 /// How long a client may take to send a request body once its head has arrived (the head
 /// itself is bounded by the server's request timeout): a client that announces a body and
 /// then stalls is answered 408 instead of holding its connection open for ever.
@@ -67,6 +65,9 @@ pub fn is_body_timeout(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
+/// Wraps each request in a span with its id and logs one line when it ends. Runs before
+/// routing, so it must not hold a clone of the request (routing needs it unshared).
+/// A body the request announces gets [`BODY_TIMEOUT`] to arrive.
 pub async fn request_context(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
